@@ -1,0 +1,1 @@
+"""Evaluation: metrics (AUC, label F1, NLG, saliency benchmark) and reports."""

@@ -1,0 +1,76 @@
+"""The ``kdistill`` command: one entry point, one module per subcommand.
+
+Each subcommand's module owns its argument parser (``main(argv, prog) -> int``) and is imported
+only when that subcommand runs, so ``kdistill label`` never pays for importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+from kdistill.config import ConfigError
+from kdistill.errors import DataError
+from kdistill.log import setup_logging
+
+# (words, module, one-line help)
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("data", "synth"), "kdistill.data.phantom.command", "write a phantom chest X-ray dataset in the MIMIC-CXR-JPG layout"),
+    (("data", "check"), "kdistill.data.check", "check a dataset root: counts, prevalence, missing/corrupt files"),
+    (("data", "prepare"), "kdistill.data.prepare", "resize a dataset once into an Arrow cache for training"),
+    (("data", "import-rois"), "kdistill.data.rois", "convert VinDr-CXR / ChestX-Det annotations to rois.jsonl"),
+    (("label",), "kdistill.labeler.command", "label reports with the rule-based CheXpert-style labeler"),
+    (("teacher", "pretrain"), "teacher.pretrain", "train a tokenizer and pretrain a small causal LM on the corpus"),
+    (("teacher", "train"), "teacher.train", "LoRA-adapt a causal LM on the biomedical corpus"),
+    (("teacher", "generate"), "teacher.generate", "write teacher rationales into the rationale cache"),
+    (("student", "train"), "student.train", "train the student with accelerate"),
+    (("eval",), "eval.run", "score a checkpoint or a predictions file"),
+    (("explain",), "student.explain", "write explained reports (JSON + HTML overlays)"),
+    (("run",), "kdistill.pipeline", "run every stage of a config in order"),
+]
+
+
+def _usage() -> str:
+    lines = ["usage: kdistill COMMAND [SUBCOMMAND] [options]", "", "commands:"]
+    for words, module, text in COMMANDS:
+        missing = "" if importlib.util.find_spec(module.split(".")[0]) and _exists(module) else "  [not implemented yet]"
+        lines.append(f"  {' '.join(words):<22}{text}{missing}")
+    lines += ["", "Run 'kdistill COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def _exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from kdistill import __version__
+
+        print(__version__)
+        return 0
+    for words, module, _ in sorted(COMMANDS, key=lambda c: -len(c[0])):
+        if tuple(argv[: len(words)]) == words:
+            prog = "kdistill " + " ".join(words)
+            if not _exists(module):
+                print(f"{prog}: not implemented yet (its stage is still an open issue)", file=sys.stderr)
+                return 2
+            setup_logging()
+            try:
+                return int(importlib.import_module(module).main(argv[len(words):], prog=prog) or 0)
+            except (DataError, ConfigError) as err:
+                print(f"{prog}: error: {err}", file=sys.stderr)
+                return 1
+    print(f"kdistill: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

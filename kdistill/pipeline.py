@@ -1,0 +1,195 @@
+"""``kdistill run CONFIG``: every stage of one YAML in order, into one run folder.
+
+A stage is a module with a config dataclass ``StageConfig`` and ``run_stage(cfg, ctx) -> dict``
+(the figures it wants in ``summary.json``). A finished stage leaves ``.stage.json`` in its
+folder with a hash of its config and of every upstream stage's hash; a rerun with the same
+hash is skipped, a changed upstream reruns everything after it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from kdistill import config as cfglib
+from kdistill.log import setup_logging
+
+log = logging.getLogger("kdistill.run")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # also the config section
+    module: str
+    folder: str  # relative to the run folder
+    needs: tuple[str, ...] = ()
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "kdistill.data.stage", "data"),
+    Stage("prepare", "kdistill.data.prepare", "prepared", ("data",)),
+    Stage("teacher_pretrain", "teacher.pretrain", "teacher/base", ("data",)),
+    Stage("teacher_train", "teacher.train", "teacher", ("teacher_pretrain",)),
+    Stage("teacher_generate", "teacher.generate", "rationales", ("data", "teacher_train")),
+    Stage("student", "student.train", "student", ("prepared_or_data", "teacher_generate")),
+    Stage("eval", "eval.run", "eval", ("student",)),
+    Stage("explain", "student.explain", "explain", ("student",)),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+MARKER = ".stage.json"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    stages: list[str] | None = None  # None: all, in order
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    prepare: dict[str, Any] = dataclasses.field(default_factory=dict)
+    teacher_pretrain: dict[str, Any] = dataclasses.field(default_factory=dict)
+    teacher_train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    teacher_generate: dict[str, Any] = dataclasses.field(default_factory=dict)
+    student: dict[str, Any] = dataclasses.field(default_factory=dict)
+    eval: dict[str, Any] = dataclasses.field(default_factory=dict)
+    explain: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        for name in self.stages or ():
+            if name not in STAGE_NAMES:
+                raise ValueError(f"unknown stage {name!r} in 'stages'; known: {', '.join(STAGE_NAMES)}")
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What a stage knows of the run: where things are and what upstream stages returned."""
+
+    run_dir: Path
+    name: str
+    seed: int
+    outputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / _by_name(stage).folder
+
+    @property
+    def data_root(self) -> Path:
+        """The dataset root: the phantom written by the data stage, or the user's own."""
+        return Path(self.outputs.get("data", {}).get("root", self.stage_dir("data")))
+
+
+def _by_name(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(name)
+
+
+def implemented(stage: Stage) -> bool:
+    try:
+        return importlib.util.find_spec(stage.module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Load and fully validate a run config: the top level and every implemented stage's section."""
+    run_cfg = cfglib.load(RunConfig, path, overrides)
+    for stage in STAGES:
+        if implemented(stage):
+            stage_config(stage, run_cfg, source=str(path))
+    return run_cfg
+
+
+def stage_config(stage: Stage, run_cfg: RunConfig, source: str) -> Any:
+    module = importlib.import_module(stage.module)
+    return cfglib.from_dict(module.StageConfig, getattr(run_cfg, stage.name), source=source, prefix=stage.name)
+
+
+def run(run_cfg: RunConfig, run_dir: Path, source: str = "<config>", force: bool = False) -> dict[str, Any]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(file=run_dir / "run.log")
+    cfglib.write_text_atomic(run_dir / "config.yaml", _yaml(cfglib.to_dict(run_cfg)))
+    ctx = RunContext(run_dir=run_dir, name=run_cfg.name, seed=run_cfg.seed)
+    wanted = run_cfg.stages or list(STAGE_NAMES)
+    hashes: dict[str, str] = {}
+    status: dict[str, str] = {}
+    started = time.time()
+    for stage in STAGES:
+        if stage.name not in wanted:
+            status[stage.name] = "not selected"
+            continue
+        if not implemented(stage):
+            status[stage.name] = "not implemented yet"
+            log.warning("stage %s: not implemented yet (module %s missing)", stage.name, stage.module)
+            continue
+        needs = [n for n in _needs(stage) if n in wanted]
+        blocked = [n for n in needs if status.get(n) not in ("done", "skipped (up to date)")]
+        if blocked:
+            status[stage.name] = f"not run: needs {', '.join(blocked)}"
+            log.warning("stage %s: not run, it needs %s", stage.name, ", ".join(blocked))
+            continue
+        cfg = stage_config(stage, run_cfg, source)
+        digest = cfglib.config_hash({"stage": cfglib.to_dict(cfg), "seed": run_cfg.seed,
+                                     "upstream": {n: hashes.get(n) for n in needs}})
+        hashes[stage.name] = digest
+        out = ctx.stage_dir(stage.name)
+        marker = out / MARKER
+        if not force and marker.is_file():
+            previous = json.loads(marker.read_text())
+            if previous.get("hash") == digest:
+                ctx.outputs[stage.name] = previous.get("summary", {})
+                status[stage.name] = "skipped (up to date)"
+                log.info("stage %s: up to date, skipped", stage.name)
+                continue
+        log.info("stage %s: running -> %s", stage.name, out)
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        summary = importlib.import_module(stage.module).run_stage(cfg, ctx) or {}
+        summary = {**summary, "wall_s": round(time.time() - t0, 1)}
+        ctx.outputs[stage.name] = summary
+        cfglib.write_text_atomic(marker, json.dumps({"stage": stage.name, "hash": digest, "summary": summary}, indent=2, default=str))
+        status[stage.name] = "done"
+        log.info("stage %s: done in %.1fs", stage.name, summary["wall_s"])
+    result = {"name": run_cfg.name, "stages": status, "outputs": ctx.outputs, "wall_s": round(time.time() - started, 1)}
+    cfglib.write_text_atomic(run_dir / "summary.json", json.dumps(result, indent=2, default=str) + "\n")
+    missing = [n for n, s in status.items() if s == "not implemented yet"]
+    if missing:
+        log.warning("stages not implemented yet: %s", ", ".join(missing))
+    return result
+
+
+def _needs(stage: Stage) -> list[str]:
+    # The student reads the prepared cache when that stage ran, else the raw dataset.
+    out = []
+    for n in stage.needs:
+        out.extend(["data", "prepare"] if n == "prepared_or_data" else [n])
+    return out
+
+
+def _yaml(data: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def main(argv: list[str] | None = None, prog: str = "kdistill run") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Run every stage of CONFIG in order into one run folder.")
+    parser.add_argument("config", help="YAML run config (e.g. configs/demo.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.max_steps=50")
+    parser.add_argument("--out", help="run folder (default runs/<config name>/)")
+    parser.add_argument("--force", action="store_true", help="rerun stages even when up to date")
+    args = parser.parse_args(argv)
+    run_cfg = load_run_config(args.config, args.overrides)
+    run_dir = Path(args.out or Path("runs") / run_cfg.name)
+    result = run(run_cfg, run_dir, source=args.config, force=args.force)
+    width = max(len(n) for n in result["stages"])
+    print(f"run folder: {run_dir}")
+    for name, state in result["stages"].items():
+        print(f"  {name:<{width}}  {state}")
+    return 0
