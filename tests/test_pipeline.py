@@ -1,0 +1,76 @@
+"""The run spine: stage order, skip when up to date, rerun downstream of a change, missing stages named."""
+import dataclasses
+import json
+import sys
+import types
+
+import pytest
+
+from kdistill import pipeline
+from kdistill.pipeline import RunConfig, Stage
+
+
+@dataclasses.dataclass
+class _Cfg:
+    value: int = 1
+
+
+def _make_stage_module(name, stage, calls):
+    mod = types.ModuleType(name)
+    mod.StageConfig = _Cfg
+
+    def run_stage(cfg, ctx):
+        calls.append(name)
+        (ctx.stage_dir(stage) / "out.txt").write_text(str(cfg.value))
+        return {"value": cfg.value}
+
+    mod.run_stage = run_stage
+    return mod
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    calls = []
+    for mod, stage in (("a", "data"), ("b", "prepare"), ("c", "eval")):
+        monkeypatch.setitem(sys.modules, f"_fake_stage.{mod}", _make_stage_module(f"_fake_stage.{mod}", stage, calls))
+    stages = (
+        Stage("data", "_fake_stage.a", "data"),
+        Stage("prepare", "_fake_stage.b", "prepared", ("data",)),
+        Stage("student", "_fake_stage.missing", "student", ("prepare",)),
+        Stage("eval", "_fake_stage.c", "eval", ("student",)),
+    )
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    monkeypatch.setattr(pipeline, "implemented", lambda s: s.module in sys.modules)
+    return calls
+
+
+def test_runs_in_order_skips_when_up_to_date_and_reruns_downstream(tmp_path, fake_stages):
+    calls = fake_stages
+    result = pipeline.run(RunConfig(name="t"), tmp_path)
+    assert calls == ["_fake_stage.a", "_fake_stage.b"]
+    assert result["stages"]["student"] == "not implemented yet"
+    assert result["stages"]["eval"].startswith("not run: needs student")
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "run.log").is_file()
+    assert json.loads((tmp_path / "summary.json").read_text())["outputs"]["prepare"]["value"] == 1
+
+    calls.clear()
+    result = pipeline.run(RunConfig(name="t"), tmp_path)
+    assert calls == [] and result["stages"]["data"] == "skipped (up to date)"
+
+    calls.clear()
+    pipeline.run(RunConfig(name="t", data={"value": 2}), tmp_path)
+    assert calls == ["_fake_stage.a", "_fake_stage.b"]  # the change upstream reruns prepare too
+
+    calls.clear()
+    pipeline.run(RunConfig(name="t", data={"value": 2}, prepare={"value": 5}), tmp_path)
+    assert calls == ["_fake_stage.b"]
+    assert (tmp_path / "prepared" / "out.txt").read_text() == "5"
+
+
+def test_unknown_stage_key_is_an_error(tmp_path, fake_stages):
+    from kdistill.config import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: t\ndata:\n  valu: 3\n")
+    with pytest.raises(ConfigError, match="data.valu"):
+        pipeline.load_run_config(path)
