@@ -16,6 +16,10 @@ class DataError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
+    def __reduce__(self):
+        # Picklable with both arguments, so it crosses process-pool boundaries intact.
+        return (type(self), (self.path, self.problem))
+
 
 class SkipCounter:
     """Raises on bad input, or (``on_error="skip"``) logs it, counts it by kind and goes on.

@@ -1,0 +1,152 @@
+"""Student training throughput: a full step (all loss terms) against a classification-only step on the
+same tower, and the data loader against the model.
+
+    .venv/bin/python benchmarks/student_train.py [--n 256] [--batch-size 32] [--steps 8] [--size 128]
+
+Data are synthetic (student.synthetic: prepared-cache columns at --size px, a BPE tokenizer, a
+rationale cache), or the real ones with --prepared/--tokenizer/--rationales. Prints a table and
+writes benchmarks/results/student_train.json. Figures are ratios measured in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from kdistill import config as cfglib
+
+
+def _steps_per_s(model, optimizer, batches, weights, cfg_loss, steps, device) -> float:
+    from student.losses import student_loss
+
+    def one(batch):
+        inputs = {"images": batch["images"]}
+        if weights.rep:
+            inputs["report_ids"] = batch["report_ids"]
+        if weights.kd or weights.emb:
+            inputs.update(rationale_ids=batch["rationale_ids"], rationale_mask=batch["rationale_mask"],
+                          with_embedding=bool(weights.emb))
+        out = model(**inputs)
+        loss, _ = student_loss(out, batch, weights)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for b in batches[:2]:  # warm-up
+        one(b)
+    _sync(device)
+    t = time.perf_counter()
+    for i in range(steps):
+        one(batches[i % len(batches)])
+    _sync(device)
+    return steps / (time.perf_counter() - t)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=256, help="synthetic training studies")
+    p.add_argument("--size", type=int, default=128, help="synthetic image size")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--model", default="{}", help="JSON overrides of StudentConfig")
+    p.add_argument("--prepared")
+    p.add_argument("--tokenizer")
+    p.add_argument("--rationales")
+    p.add_argument("--out", default="benchmarks/results/student_train.json")
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.manual_seed(0)
+    from student.config import StudentConfig
+    from student.data import Collate, StudyDataset, rationale_index
+    from student.losses import LossWeights
+    from student.model import create_student
+    from student.synthetic import make_prepared, make_rationales, make_tokenizer
+    from student.text import TokenSpec
+
+    if args.prepared:
+        from student.data import load_prepared_cache, load_rationale_cache
+        from student.train import load_tokenizer
+
+        prep = load_prepared_cache(args.prepared)
+        tok = load_tokenizer(args.tokenizer)
+        rat = load_rationale_cache(args.rationales)
+        source = args.prepared
+    else:
+        prep = make_prepared(args.n, 16, size=args.size)
+        tok = make_tokenizer(prep)
+        rat = make_rationales(prep)
+        source = f"synthetic n={args.n} size={args.size}"
+    index = rationale_index(rat)
+    mcfg = cfglib.from_dict(StudentConfig, json.loads(args.model))
+    spec = TokenSpec(tok, mcfg.report_prefix, mcfg.rationale_prefix)
+    ds = StudyDataset(prep["train"], spec, index)
+    mcfg.teacher_embed_dim = int(ds.teacher_embedding.shape[1])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = create_student(mcfg, tok).to(device).train()
+    collate = Collate(model.tokens, model.image_size, mcfg.max_text_len, with_rationales=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
+                                         num_workers=args.workers, drop_last=True)
+
+    # data loader alone
+    t = time.perf_counter()
+    batches, n_img = [], 0
+    for b in loader:
+        batches.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+        n_img += len(b["images"])
+        if len(batches) >= args.steps:
+            break
+    loader_ips = n_img / (time.perf_counter() - t)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    full_w = LossWeights()
+    cls_w = LossWeights(rep=0, kd=0, emb=0)
+    full_ips = _steps_per_s(model, opt, batches, full_w, None, args.steps, device) * args.batch_size
+    cls_ips = _steps_per_s(model, opt, batches, cls_w, None, args.steps, device) * args.batch_size
+    params = sum(p.numel() for p in model.parameters())
+    result = {
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "data": source,
+        "image_size": list(model.image_size),
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "parameters": params,
+        "max_text_len": mcfg.max_text_len,
+        "images_per_s": {"data_loader": round(loader_ips, 1), "full_step": round(full_ips, 1),
+                         "classification_only_step": round(cls_ips, 1)},
+        "ratios": {"full_over_classification_only": round(full_ips / cls_ips, 3),
+                   "data_loader_over_full_step": round(loader_ips / full_ips, 2)},
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    print(f"student training throughput ({result['device']}, {result['cpu_threads']} threads, batch {args.batch_size}, "
+          f"{model.image_size[0]}px, {params / 1e6:.2f} M params, {source})")
+    print(f"{'what':<34}{'images/s':>12}")
+    print(f"{'data loader (collate, no model)':<34}{loader_ips:>12.1f}")
+    print(f"{'full step (cls+report+KD+emb)':<34}{full_ips:>12.1f}")
+    print(f"{'classification-only step':<34}{cls_ips:>12.1f}")
+    print(f"full / classification-only = {result['ratios']['full_over_classification_only']:.3f}   "
+          f"loader / full step = {result['ratios']['data_loader_over_full_step']:.2f}")
+    out = Path(args.out)
+    cfglib.write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

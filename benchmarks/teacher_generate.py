@@ -1,0 +1,113 @@
+"""Teacher generation speed: the full ``teacher generate`` path vs a naive loop.
+
+The naive loop builds each study's prompt and calls ``model.generate`` on it alone (greedy,
+same model with the LoRA merged, same max_new_tokens). The full path is
+``teacher.generate.generate_rationales``: dedup, length-sorted left-padded batches with the KV
+cache, labelling every rationale, embeddings, shards and the final dataset — all timed,
+model loading included. Both run on the same studies in one process, so the ratio is fair.
+
+    .venv/bin/python benchmarks/teacher_generate.py --run runs/demo [--n 200]
+
+``--run`` is a folder written by ``kdistill run configs/demo.yaml`` (its ``data/`` and
+``teacher/``), or give ``--data-root`` and ``--teacher``. Prints a table and writes
+benchmarks/results/teacher_generate.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results" / "teacher_generate.json"
+
+
+def naive_loop(studies, teacher_dir, max_new_tokens: int, max_prompt: int):
+    """One study at a time: prompt -> model.generate -> decode. Returns (texts, tokens, seconds)."""
+    from teacher.modeling import load_teacher
+    from teacher.prompts import prompt_for_study
+
+    model, tok, _ = load_teacher(teacher_dir)
+    count = lambda text: len(tok.encode(text, add_special_tokens=False)) + 1  # noqa: E731
+    texts, tokens = [], 0
+    started = time.perf_counter()
+    with torch.no_grad():
+        for study in studies:
+            prompt = prompt_for_study(study, count, max_prompt).text
+            ids = torch.tensor([[tok.bos_token_id] + tok.encode(prompt, add_special_tokens=False)])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            new = out[0, ids.shape[1]:].tolist()
+            if tok.eos_token_id in new:
+                new = new[: new.index(tok.eos_token_id)]
+            tokens += len(new)
+            texts.append(tok.decode(new, skip_special_tokens=True).strip())
+    return texts, tokens, time.perf_counter() - started
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", default="runs/demo", help="run folder holding data/ and teacher/")
+    parser.add_argument("--data-root")
+    parser.add_argument("--teacher")
+    parser.add_argument("--n", type=int, default=200, help="studies (train + validate, first N)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from teacher import generate as gen
+    from teacher.cache import load_rationales
+
+    root = Path(args.data_root or Path(args.run) / "data")
+    teacher_dir = Path(args.teacher or Path(args.run) / "teacher")
+    studies = gen.load_study_list(root, ["train", "validate"], limit=args.n)
+    cfg = gen.StageConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_retries=0,
+                          cpu=True, threads=args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        summary = gen.generate_rationales(studies, teacher_dir, Path(tmp) / "rationales", cfg)
+        full_s = time.perf_counter() - started
+        full_texts = load_rationales(Path(tmp) / "rationales")["rationale"]
+    max_prompt = summary["context"] - args.max_new_tokens  # the same prompt budget as the full path
+    naive_texts, naive_tokens, naive_s = naive_loop(studies, teacher_dir, args.max_new_tokens, max_prompt)
+
+    result = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch_threads": args.threads,
+        "studies": len(studies),
+        "unique_prompts": summary["unique_prompts_this_run"],
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "naive": {"seconds": round(naive_s, 2), "rows_per_s": round(len(studies) / naive_s, 2),
+                  "tokens_per_s": round(naive_tokens / naive_s, 1)},
+        "full": {"seconds": round(full_s, 2), "rows_per_s": round(len(studies) / full_s, 2),
+                 "tokens_per_s": round(summary["generated_tokens"] / full_s, 1), "generated_tokens": summary["generated_tokens"]},
+        "speedup_rows_per_s": round(naive_s / full_s, 2),
+        "identical_outputs": sum(a == b for a, b in zip(naive_texts, full_texts)) / len(studies),
+        "consistent_fraction": summary["consistent_fraction"],
+    }
+    print(f"{'path':<10}{'seconds':>10}{'rows/s':>10}{'tokens/s':>11}")
+    print(f"{'naive':<10}{result['naive']['seconds']:>10}{result['naive']['rows_per_s']:>10}"
+          f"{result['naive']['tokens_per_s']:>11}")
+    print(f"{'full':<10}{result['full']['seconds']:>10}{result['full']['rows_per_s']:>10}"
+          f"{result['full']['tokens_per_s']:>11}")
+    print(f"speed-up (rows/s): {result['speedup_rows_per_s']}x on {len(studies)} studies "
+          f"({result['unique_prompts']} unique prompts); identical outputs: {result['identical_outputs']:.1%}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

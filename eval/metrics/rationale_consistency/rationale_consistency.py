@@ -1,0 +1,43 @@
+"""Rationale consistency as an ``evaluate`` module (load it by path, offline):
+
+    metric = evaluate.load("eval/metrics/rationale_consistency")
+    metric.compute(predictions=rationale_labels, references=study_labels)   # (n, 14) 1/0/-1/NaN each
+
+A finding counts as mentioned when its label is 1 or -1; returns micro precision, recall and F1 of
+the rationale's mentioned findings against the study's. Rationale texts can be given instead of
+label rows (``predictions`` as strings) and are then labelled by ``kdistill.labeler``. The one
+implementation is ``eval.label_f1.rationale_consistency``.
+"""
+import datasets
+import evaluate
+import numpy as np
+
+from eval.label_f1 import get_labeler, rationale_consistency
+
+
+class RationaleConsistency(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=__doc__,
+            citation="",
+            inputs_description="predictions: rationale texts or their 14 labels; references: the study's 14 labels.",
+            features=[
+                datasets.Features({
+                    "predictions": datasets.Sequence(datasets.Value("float64")),
+                    "references": datasets.Sequence(datasets.Value("float64")),
+                }),
+                datasets.Features({
+                    "predictions": datasets.Value("string"),
+                    "references": datasets.Sequence(datasets.Value("float64")),
+                }),
+            ],
+        )
+
+    def _compute(self, predictions, references, chexbert_checkpoint=None, chexbert_tokenizer=None):
+        label_fn = None
+        if len(predictions) and isinstance(predictions[0], str):
+            label_fn, _ = get_labeler(chexbert_checkpoint, chexbert_tokenizer)
+            predictions = list(predictions)
+        else:
+            predictions = np.asarray(predictions, dtype=np.float64)
+        return rationale_consistency(predictions, np.asarray(references, dtype=np.float64), label_fn)

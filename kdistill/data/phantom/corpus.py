@@ -1,0 +1,219 @@
+"""The teacher's biomedical text corpus (``corpus/corpus.jsonl``), written from findings.yaml.
+
+Two kinds of document:
+
+* ``textbook``: paragraphs on one finding (location, signs, causes, differentials, grading)
+  or on telling two findings apart;
+* ``rationale``: a canonical rationale for a finding set with attributes, i.e. which signs
+  are seen, why they support the findings, and a conclusion naming every finding by its
+  clinical name.  A rationale never names a finding outside its set except in a plain
+  negation ("No pneumothorax."), so a rule-based labeler reading teacher output trained on it
+  can check consistency.  Normal studies conclude "no acute cardiopulmonary process".
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from kdistill.config import write_text_atomic
+from kdistill.labels import FINDINGS
+from kdistill.data.phantom.knowledge import Knowledge
+from kdistill.data.phantom.spec import FindingSpec
+
+# Words that name a finding; a rationale fragment naming a finding outside its set is dropped.
+_EXTRA_TERMS = {
+    "Atelectasis": ["atelecta"],
+    "Cardiomegaly": ["cardiomegaly", "enlarged heart", "heart is", "heart size", "cardiac silhouette"],
+    "Consolidation": ["consolidat"],
+    "Edema": ["edema", "kerley"],
+    "Enlarged Cardiomediastinum": ["mediastin"],
+    "Fracture": ["fracture"],
+    "Lung Lesion": ["nodul", "mass", "lesion"],
+    "Lung Opacity": ["opacit"],
+    "Pleural Effusion": ["effusion", "meniscus"],
+    "Pleural Other": ["pleural thickening", "pleural plaque", "pleural cap"],
+    "Pneumonia": ["pneumonia", "infection", "infectious"],
+    "Pneumothorax": ["pneumothora", "pleural line"],
+    "Support Devices": ["tube", "catheter", "central line", "pacemaker", "device"],
+}
+
+
+def _term_patterns(know: Knowledge) -> dict[str, re.Pattern]:
+    out = {}
+    for name in FINDINGS:
+        if name == "No Finding":
+            continue
+        terms = set(_EXTRA_TERMS.get(name, [])) | {n.lower() for n in know[name].names}
+        out[name] = re.compile(r"\b(" + "|".join(re.escape(t) for t in sorted(terms)) + r")", re.I)
+    return out
+
+
+def mentioned_findings(text: str, know: Knowledge) -> set[str]:
+    """Findings a text names (any of their terms), negated or not."""
+    return {name for name, pat in _term_patterns(know).items() if pat.search(text)}
+
+
+_LOCATION = {"left": "left", "right": "right", "bilateral": "bilateral"}
+_SIGN_OPENERS = [
+    "{where}there is {sign}.",
+    "{where}the radiograph shows {sign}.",
+    "{Where}{sign} is seen.",
+    "We see {sign}{where_tail}.",
+    "{where}{sign} is evident.",
+]
+_LINKS = [
+    "These signs support {desc}.",
+    "This pattern indicates {desc}.",
+    "Taken together, the appearance is consistent with {desc}.",
+    "This is the typical appearance of {desc}.",
+    "These features establish {desc}.",
+]
+_NORMAL = [
+    "The lungs are clear and well expanded, the heart size is normal, the mediastinal contours are normal and the costophrenic angles are sharp. There is no acute cardiopulmonary process.",
+    "Both lungs are clear. The cardiac silhouette is of normal size and the hemidiaphragms are well defined. The costophrenic angles are sharp. Conclusion: no acute cardiopulmonary process.",
+    "Lung volumes are normal and the lungs are clear. Heart size is normal. No pleural effusion or pneumothorax is seen. Impression: no acute cardiopulmonary abnormality.",
+    "The lung fields are clear with normal vascular markings. The heart and mediastinum are normal in size. The bony thorax is intact. This is a normal chest radiograph with no acute cardiopulmonary process.",
+]
+
+
+def _cap(text: str) -> str:
+    text = " ".join(text.split())
+    return text[:1].upper() + text[1:]
+
+
+def _describe(name: str, spec: FindingSpec, know: Knowledge, rng: np.random.Generator) -> str:
+    """'a small left pleural effusion', 'moderate cardiomegaly', 'support devices'."""
+    info = know[name]
+    words = []
+    if spec.severity and info.severity_words.get(spec.severity):
+        words.append(info.severity_words[spec.severity][int(rng.integers(len(info.severity_words[spec.severity])))])
+    if spec.laterality in _LOCATION:
+        words.append(_LOCATION[spec.laterality])
+    label_name = info.canonical
+    if name == "Enlarged Cardiomediastinum":
+        label_name += " (enlarged cardiomediastinum)"
+    elif name == "Lung Lesion":
+        label_name += " (lung lesion)"
+    return " ".join(words + [label_name])
+
+
+def _rationale(findings: dict[str, FindingSpec], know: Knowledge, rng: np.random.Generator, patterns) -> str:
+    present = set(findings)
+
+    def allowed(text: str) -> bool:
+        return all(pat.search(text) is None for n, pat in patterns.items() if n not in present)
+
+    if not [n for n in findings if n != "Support Devices"]:
+        parts = [_NORMAL[int(rng.integers(len(_NORMAL)))]]
+        if findings:
+            parts.insert(0, "Support devices are in place: lines and tubes project over the chest.")
+        return " ".join(parts)
+    parts: list[str] = []
+    names = list(findings)
+    rng.shuffle(names)
+    descs = {n: _describe(n, findings[n], know, rng) for n in names}  # one wording per finding per document
+    for name in names:
+        spec, info = findings[name], know[name]
+        signs = [s for s in info.signs if allowed(s)]
+        if not signs:
+            signs = [f"the appearance of {info.canonical}"]
+        k = int(rng.integers(1, min(3, len(signs)) + 1))
+        chosen = [signs[i] for i in rng.choice(len(signs), size=k, replace=False)]
+        sign = chosen[0] if k == 1 else ", ".join(chosen[:-1]) + " and " + chosen[-1]
+        where = "" if spec.laterality not in ("left", "right", "bilateral") else (
+            "on both sides " if spec.laterality == "bilateral" else f"on the {spec.laterality} ")
+        opener = _SIGN_OPENERS[int(rng.integers(len(_SIGN_OPENERS)))]
+        if "{Where}" in opener:
+            text = (f"{where.strip().capitalize()}, " if where else "") + opener.replace("{Where}", "")
+        else:
+            text = opener
+        text = text.format(where=(f"{where.strip()}, " if where else ""), sign=sign,
+                           where_tail=(f" {where.strip()}" if where else ""))
+        parts.append(_cap(text))
+        parts.append(_LINKS[int(rng.integers(len(_LINKS)))].format(desc=descs[name]))
+        extra = info.associated_text
+        if extra and allowed(extra) and rng.random() < 0.5:
+            parts.append(extra)
+        causes = [c for c in info.causes if allowed(c)]
+        if causes and rng.random() < 0.4:
+            parts.append(f"Common causes of {info.canonical} include {', '.join(causes[:3])}.")
+    absent = [n for n in ("Pneumothorax", "Pleural Effusion", "Consolidation") if n not in present]
+    if absent and rng.random() < 0.5:
+        n = absent[int(rng.integers(len(absent)))]
+        parts.append(f"No {know[n].canonical} is seen.")
+    conclusion = ", ".join(descs[n] for n in sorted(findings, key=FINDINGS.index))
+    parts.append(f"Conclusion: {conclusion}.")
+    return " ".join(parts)
+
+
+def _textbook(name: str, know: Knowledge, rng: np.random.Generator) -> str:
+    info = know[name]
+    n = info.canonical
+    pieces = [
+        f"{_cap(n)} is a radiographic finding located in {info.location}.",
+        f"On a frontal chest radiograph, {n} shows as " + "; ".join(info.signs) + ".",
+    ]
+    if info.causes:
+        pieces.append(f"Common causes of {n} are " + ", ".join(info.causes) + ".")
+    if info.differentials:
+        pieces.append(f"The differential diagnosis of {n} includes " + ", ".join(info.differentials) + ".")
+    if info.associated_text:
+        pieces.append(info.associated_text)
+    if info.severity_words:
+        grades = ", ".join(f"{v[0]} ({k})" for k, v in info.severity_words.items())
+        pieces.append(f"Radiologists grade {n} as {grades}.")
+    sides = [s for s in info.lateralities if s != "none"]
+    if sides:
+        pieces.append(f"It may be {' or '.join(sides)}, and reports state the side.")
+    if len(info.names) > 1:
+        pieces.append(f"Other names for {n} are " + ", ".join(info.names[1:]) + ".")
+    order = rng.permutation(len(pieces) - 1) + 1
+    return " ".join([pieces[0]] + [pieces[i] for i in order])
+
+
+def _compare(a: str, b: str, know: Knowledge, rng: np.random.Generator) -> str:
+    ia, ib = know[a], know[b]
+    sa = ia.signs[int(rng.integers(len(ia.signs)))]
+    sb = ib.signs[int(rng.integers(len(ib.signs)))]
+    return (f"Distinguishing {ia.canonical} from {ib.canonical}: {ia.canonical} typically shows {sa}, "
+            f"whereas {ib.canonical} shows {sb}. {ia.canonical.capitalize()} is found in {ia.location}; "
+            f"{ib.canonical} in {ib.location}.")
+
+
+def write_corpus(path: str | Path, know: Knowledge, target_mb: float, seed: int, draw_findings) -> dict[str, int]:
+    """Write ``corpus.jsonl`` of about ``target_mb`` MB. ``draw_findings(rng)`` returns one
+    finding set (name -> FindingSpec) drawn like the studies'.  Returns counts per kind."""
+    rng = np.random.default_rng([seed, 7])
+    patterns = _term_patterns(know)
+    target = int(target_mb * 1e6)
+    lines: list[str] = []
+    size = 0
+    counts = {"textbook": 0, "rationale": 0}
+    topics = [f for f in FINDINGS if f != "No Finding"]
+    while size < target:
+        if rng.random() < 0.25:
+            if rng.random() < 0.7:
+                name = topics[int(rng.integers(len(topics)))]
+                doc = {"kind": "textbook", "text": _textbook(name, know, rng), "findings": [name], "attributes": {}}
+            else:
+                a, b = rng.choice(len(topics), size=2, replace=False)
+                doc = {"kind": "textbook", "text": _compare(topics[a], topics[b], know, rng),
+                       "findings": [topics[a], topics[b]], "attributes": {}}
+        else:
+            findings = draw_findings(rng)
+            doc = {
+                "kind": "rationale",
+                "text": _rationale(findings, know, rng, patterns),
+                "findings": [n for n in FINDINGS if n in findings],
+                "attributes": {n: {"laterality": s.laterality if s.laterality != "none" else None,
+                                   "severity": s.severity} for n, s in findings.items()},
+            }
+        line = json.dumps(doc, ensure_ascii=False)
+        lines.append(line)
+        size += len(line) + 1
+        counts[doc["kind"]] += 1
+    write_text_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
+    return counts

@@ -1,0 +1,378 @@
+"""``kdistill data prepare``: decode and resize every image once into an Arrow cache.
+
+Training then reads SxS uint8 arrays straight from memory-mapped Arrow files instead of
+decoding 2-3k pixel JPEGs each epoch (``benchmarks/prepare_read.py`` measures the gain).
+
+Output folder (the "Prepared cache" contract in COMMON.md)::
+
+    OUT/meta.json    {"size": S, "root": ..., "counts": {split: rows, "skipped": {...}}, ...}
+    OUT/dataset/     a datasets.DatasetDict (save_to_disk), one split per MIMIC split, columns:
+                     study_id, subject_id, dicom_id, view, image (uint8 SxS), labels (14 float32,
+                     NaN = blank), findings, impression, roi_boxes ([finding_index, x0, y0, x1, y1]
+                     in prepared pixels), roi_bits (uint16 SxS, bit i = finding i's region)
+
+Geometry: images are resized plainly to SxS (no padding; aspect ratio is not kept), so boxes
+scale per axis by (S / width, S / height). A box fills the prepared pixels
+[floor(x0'), ceil(x1')) x [floor(y0'), ceil(y1')), clipped to the image (boxes reaching
+outside the image are kept, clipped, and counted as ``counts["clipped_rois"]``); a mask is resized with
+nearest-neighbour sampling and wins over the box of the same region. A mask-only region gets
+the bounding box of its resized mask in ``roi_boxes``.
+
+Robustness: studies are split into shards of ``shard_size`` processed by a process pool; each
+shard is written to a temporary folder and moved into place with ``os.replace``, so an
+interrupted run resumes by skipping finished shards (the work folder is keyed by a hash of the
+inputs and settings, so changed settings never reuse stale shards). The final DatasetDict is
+written to a temporary folder and swapped in; ``meta.json`` is written last, atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from kdistill.config import write_text_atomic
+from kdistill.data.images import read_resized_uint8
+from kdistill.data.mimic import SPLITS, dicom_views, load_studies
+from kdistill.data.study import Study
+from kdistill.errors import DataError, SkipCounter
+from kdistill.labels import FINDING_INDEX, NUM_FINDINGS
+
+log = logging.getLogger(__name__)
+
+DATASET_DIR = "dataset"
+META = "meta.json"
+_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """The ``prepare`` section of a run config."""
+
+    size: int = 128  # prepared images are size x size
+    workers: int = 0  # processes; 0 = one per CPU core
+    on_error: Literal["raise", "skip"] = "raise"
+    shard_size: int = 256  # studies per shard (the unit of resumption and of parallel work)
+    images: Literal["first", "all"] = "first"  # one image per study, or one row per image
+    views: list[str] | None = dataclasses.field(default_factory=lambda: ["PA", "AP"])  # None: all views
+
+    def validate(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"size must be >= 8, got {self.size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+
+
+def features(size: int):
+    """The cache's datasets schema for SxS images."""
+    from datasets import Array2D, Features, List, Value
+
+    return Features({
+        "study_id": Value("string"),
+        "subject_id": Value("string"),
+        "dicom_id": Value("string"),
+        "view": Value("string"),
+        "image": Array2D((size, size), "uint8"),
+        "labels": List(Value("float32"), length=NUM_FINDINGS),
+        "findings": Value("string"),
+        "impression": Value("string"),
+        "roi_boxes": List(List(Value("float32"), length=5)),
+        "roi_bits": Array2D((size, size), "uint16"),
+    })
+
+
+def load_prepared(path: str | Path):
+    """A prepared folder (with meta.json and dataset/) or the dataset folder -> DatasetDict."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    target = path / DATASET_DIR if (path / DATASET_DIR).is_dir() else path
+    if not (target / "dataset_dict.json").is_file():
+        raise DataError(path, "not a prepared cache (no dataset/dataset_dict.json); run 'kdistill data prepare'")
+    return load_from_disk(str(target))
+
+
+def read_batch(dataset, rows: slice | list[int], columns: list[str] | None = None) -> dict[str, Any]:
+    """Rows of a prepared split -> arrays in their stored dtypes: image (n, S, S) uint8, roi_bits
+    (n, S, S) uint16, labels (n, 14) float32, roi_boxes a list of (k, 5) float32, strings as lists.
+
+    ``dataset.with_format("numpy")`` works too but widens integer arrays to int64 (8x the bytes
+    of uint8 images); this reads the Arrow buffers directly."""
+    table = dataset.with_format("arrow")[rows]
+    out: dict[str, Any] = {}
+    for name in columns or table.column_names:
+        column = table.column(name).combine_chunks()
+        if name in ("image", "roi_bits"):
+            out[name] = column.to_numpy(zero_copy_only=False)
+        elif name == "labels":
+            out[name] = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), NUM_FINDINGS)
+        elif name == "roi_boxes":
+            out[name] = [np.asarray(boxes, dtype=np.float32).reshape(-1, 5) for boxes in column.to_pylist()]
+        else:
+            out[name] = column.to_pylist()
+    return out
+
+
+def prepare(
+    root: str | Path,
+    out: str | Path,
+    size: int = 128,
+    workers: int = 0,
+    on_error: str = "raise",
+    shard_size: int = 256,
+    images: str = "first",
+    views: list[str] | None = ("PA", "AP"),
+) -> dict[str, Any]:
+    """Build (or resume, or find up to date) the prepared cache of ``root`` in ``out``; returns meta."""
+    root, out = Path(root), Path(out)
+    started = time.time()
+    counter = SkipCounter(on_error)
+    studies = load_studies(root, views=views, images=images, on_error=on_error, counter=counter)
+    views_of = dicom_views(root) if images == "all" else {}
+    tasks_by_split = _plan(studies, images, views_of)
+    fingerprint = _fingerprint(root, size, images, views, tasks_by_split)
+    meta_path = out / META
+    if meta_path.is_file() and (out / DATASET_DIR).is_dir():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") == fingerprint:
+            log.info("prepared cache %s is up to date", out)
+            return meta
+
+    work = out / f".work-{fingerprint}"
+    for stale in out.glob(".work-*"):
+        if stale != work:
+            shutil.rmtree(stale, ignore_errors=True)
+    (work / "shards").mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for split, items in tasks_by_split.items():
+        for start in range(0, len(items), shard_size):
+            name = f"{split}-{start // shard_size:05d}"
+            tasks.append((str(work / "shards" / name), str(root), size, on_error, items[start: start + shard_size]))
+    todo = [t for t in tasks if not Path(t[0]).is_dir()]
+    log.info("prepare: %d shards, %d already written, %d to do", len(tasks), len(tasks) - len(todo), len(todo))
+    n_workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
+    if n_workers > 1:
+        # spawn, not fork: the pipeline may already hold threads (torch, tokenizers) that fork would copy mid-lock.
+        with multiprocessing.get_context("spawn").Pool(n_workers) as pool:
+            for _ in pool.imap_unordered(_write_shard, todo):
+                pass
+    else:
+        for task in todo:
+            _write_shard(task)
+
+    counts = _assemble(out, size, tasks_by_split, tasks, counter)
+    meta = {"size": size, "root": str(root), "images": images, "views": list(views) if views else None,
+            "counts": counts, "fingerprint": fingerprint, "format_version": _FORMAT_VERSION,
+            "wall_s": round(time.time() - started, 1)}
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return meta
+
+
+def _plan(studies: list[Study], images: str, views_of: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """Studies -> per split, the rows to write (one per study, or per image with images="all")."""
+    plan: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for study in studies:
+        for k, (path, dicom_id) in enumerate(zip(study.image_paths, study.dicom_ids or [""] * len(study.image_paths))):
+            rois = [dataclasses.asdict(r) for r in study.rois if not r.dicom_id or r.dicom_id == dicom_id]
+            plan[study.split].append({
+                "study_id": study.study_id, "subject_id": study.subject_id, "dicom_id": dicom_id,
+                "view": study.view if k == 0 else views_of.get(dicom_id, ""), "path": path, "labels": list(study.labels),
+                "findings": study.findings, "impression": study.impression, "rois": rois,
+            })
+            if images == "first":
+                break
+    return plan
+
+
+def _fingerprint(root: Path, size: int, images: str, views, plan) -> str:
+    blob = json.dumps({"v": _FORMAT_VERSION, "root": str(root.resolve()), "size": size, "images": images,
+                       "views": list(views) if views else None,
+                       "rows": {s: [[r["study_id"], r["path"], r["rois"], r["labels"]] for r in rows]
+                                for s, rows in plan.items()}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _write_shard(task) -> None:
+    """Worker: read + resize the images of one shard and write it as a datasets folder."""
+    from datasets import Dataset
+
+    shard_dir, root, size, on_error, items = task
+    counter = SkipCounter(on_error)
+    clipped = 0
+    columns: dict[str, list] = {k: [] for k in features(size)}
+    for item in items:
+        try:
+            image, (height, width) = read_resized_uint8(item["path"], size)
+            boxes, bits, n_clipped = _rasterize_rois(item["rois"], Path(root), size, height, width)
+        except DataError as err:
+            counter(err, kind="unreadable_image")
+            continue
+        for key in ("study_id", "subject_id", "dicom_id", "view", "findings", "impression"):
+            columns[key].append(item[key])
+        columns["image"].append(image)
+        columns["labels"].append(np.asarray(item["labels"], dtype=np.float32))
+        columns["roi_boxes"].append(boxes)
+        columns["roi_bits"].append(bits)
+        clipped += n_clipped
+    tmp = Path(f"{shard_dir}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with _quiet():
+        Dataset.from_dict(columns, features=features(size)).save_to_disk(str(tmp), num_shards=1)
+    (tmp / "shard.json").write_text(json.dumps({"rows": len(columns["study_id"]), "skipped": counter.summary(),
+                                                   "clipped_rois": clipped}))
+    os.replace(tmp, shard_dir)
+
+
+def _rasterize_rois(rois: list[dict], root: Path, size: int, height: int, width: int):
+    """Regions of one image -> (roi_boxes rows, uint16 SxS bitfield, number of boxes clipped),
+    in prepared pixels."""
+    sx, sy = size / width, size / height
+    bits = np.zeros((size, size), dtype=np.uint16)
+    boxes: list[list[float]] = []
+    clipped = 0
+    for roi in rois:
+        index = FINDING_INDEX[roi["finding"]]
+        flag = np.uint16(1 << index)
+        box = None
+        if roi.get("box") is not None:
+            x0, y0, x1, y1 = roi["box"]
+            box = [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
+            inside = [min(max(box[0], 0.0), size), min(max(box[1], 0.0), size),
+                      min(max(box[2], 0.0), size), min(max(box[3], 0.0), size)]
+            if inside != box:
+                clipped += 1
+                box = inside if inside[0] < inside[2] and inside[1] < inside[3] else None
+        if roi.get("mask"):
+            region = _read_mask(root / roi["mask"], size, height, width)
+            bits[region] |= flag
+            if box is None:
+                ys, xs = np.nonzero(region)
+                if len(xs) == 0:
+                    continue
+                box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+        elif box is not None:
+            bits[math.floor(box[1]):math.ceil(box[3]), math.floor(box[0]):math.ceil(box[2])] |= flag
+        if box is not None:
+            boxes.append([float(index), *box])
+    return boxes, bits, clipped
+
+
+def _read_mask(path: Path, size: int, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if (img.height, img.width) != (height, width):
+                raise DataError(path, f"mask is {img.width}x{img.height}, its image {width}x{height}")
+            small = img.convert("L").resize((size, size), Image.NEAREST)
+            return np.asarray(small) > 0
+    except FileNotFoundError:
+        raise DataError(path, "mask file not found") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(path, f"cannot decode mask: {err}") from None
+
+
+def _assemble(out: Path, size: int, plan, tasks, counter: SkipCounter) -> dict[str, Any]:
+    from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
+
+    parts: dict[str, list] = {split: [] for split in plan}
+    skipped = dict(counter.summary())
+    clipped = 0
+    for shard_dir, *_ in tasks:
+        shard = Path(shard_dir)
+        info = json.loads((shard / "shard.json").read_text())
+        for kind, n in info["skipped"].items():
+            skipped[kind] = skipped.get(kind, 0) + n
+        clipped += info.get("clipped_rois", 0)
+        parts[shard.name.rsplit("-", 1)[0]].append(load_from_disk(str(shard)))
+    empty = {k: [] for k in features(size)}
+    splits = {}
+    for split, datasets_ in parts.items():
+        splits[split] = (concatenate_datasets(datasets_) if datasets_
+                         else Dataset.from_dict(empty, features=features(size)))
+    tmp = out / f".{DATASET_DIR}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    # An empty split would be saved with no Arrow file at all, which load_from_disk rejects.
+    with _quiet():
+        DatasetDict(splits).save_to_disk(str(tmp), num_shards={k: 1 for k, ds in splits.items() if len(ds) == 0})
+    final = out / DATASET_DIR
+    if final.exists():
+        old = out / f".{DATASET_DIR}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    counts: dict[str, Any] = {split: len(ds) for split, ds in splits.items()}
+    counts["skipped"] = skipped
+    if clipped:
+        log.warning("%d expert regions reach outside their image and were clipped ('kdistill data check' lists them)", clipped)
+        counts["clipped_rois"] = clipped
+    return counts
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No per-shard 'Saving the dataset' progress bars (hundreds of them on a real dataset)."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def run_stage(cfg: StageConfig, ctx) -> dict[str, Any]:
+    """Pipeline stage: prepare ``ctx.data_root`` into ``ctx.stage_dir("prepare")``."""
+    out = ctx.stage_dir("prepare")
+    meta = prepare(ctx.data_root, out, size=cfg.size, workers=cfg.workers, on_error=cfg.on_error,
+                   shard_size=cfg.shard_size, images=cfg.images, views=cfg.views)
+    return {"path": str(out), "counts": meta["counts"]}
+
+
+def main(argv: list[str] | None = None, prog: str = "kdistill data prepare") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Resize a MIMIC-CXR-JPG-layout dataset once into an "
+                                     "Arrow cache (datasets DatasetDict) that training reads.")
+    parser.add_argument("root", help="dataset root (MIMIC-CXR-JPG v2 layout)")
+    parser.add_argument("--size", type=int, default=128, help="prepared images are SIZE x SIZE (default 128)")
+    parser.add_argument("--out", required=True, help="output folder (meta.json + dataset/)")
+    parser.add_argument("--workers", type=int, default=0, help="processes (default 0: one per CPU core)")
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                        help="stop at the first bad file (default) or skip and count it")
+    parser.add_argument("--shard-size", type=int, default=256, help="studies per shard (default 256)")
+    parser.add_argument("--images", choices=("first", "all"), default="first",
+                        help="one image per study (default) or one row per image")
+    parser.add_argument("--views", default="PA,AP", help="comma-separated ViewPositions, or 'all' (default PA,AP)")
+    args = parser.parse_args(argv)
+    views = None if args.views.lower() == "all" else [v.strip().upper() for v in args.views.split(",") if v.strip()]
+    try:
+        StageConfig(size=args.size, workers=args.workers, shard_size=args.shard_size).validate()
+    except ValueError as err:
+        parser.error(str(err))
+    meta = prepare(args.root, args.out, size=args.size, workers=args.workers, on_error=args.on_error,
+                   shard_size=args.shard_size, images=args.images, views=views)
+    counts = meta["counts"]
+    print(f"prepared cache: {args.out} ({meta['size']}x{meta['size']})")
+    for split in SPLITS:
+        print(f"  {split:<9} {counts.get(split, 0)} rows")
+    if counts.get("skipped"):
+        print("  skipped: " + ", ".join(f"{k}={v}" for k, v in sorted(counts["skipped"].items())))
+    return 0

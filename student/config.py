@@ -1,0 +1,47 @@
+"""The student's architecture config: everything needed to rebuild the network from ``config.json``."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+
+@dataclasses.dataclass
+class StudentConfig:
+    # Vision tower: an open_clip model config name (built-in, or a JSON shipped in student/configs/,
+    # or a path to such a JSON file); only its vision tower is kept.
+    vision_model: str = "kdistill-vit-tiny"
+    # open_clip pretrained tag (needs network once) or a local checkpoint file of that open_clip model.
+    vision_pretrained: str | None = None
+    # Keys merged into the config's vision_cfg (e.g. {"image_size": 64, "layers": 2}).
+    vision_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Grayscale input: "repeat" to 3 channels, or "sum_conv": the patch conv takes 1 channel, its
+    # weights summed over RGB (same function for a gray image, a third of the first-layer compute).
+    grayscale: Literal["repeat", "sum_conv"] = "sum_conv"
+    image_mean: float = 0.5
+    image_std: float = 0.25
+    # CoCa-style text decoder: unimodal causal layers, then multimodal layers cross-attending to the image.
+    decoder_width: int = 128
+    decoder_heads: int = 4
+    text_layers: int = 1
+    multimodal_layers: int = 2
+    max_text_len: int = 96
+    report_prefix: str = "<report>"
+    rationale_prefix: str = "<rationale>"
+    # Finding heads: one learned query per finding cross-attending to the patch tokens.
+    head_width: int = 128
+    head_heads: int = 4
+    head_layers: int = 1
+    # Teacher embedding size for feature KD (set from the rationale cache); None: no projection.
+    teacher_embed_dim: int | None = None
+    # Filled by create_student from the tokenizer; checked again on load.
+    vocab_size: int | None = None
+
+    def validate(self) -> None:
+        if self.decoder_width % self.decoder_heads:
+            raise ValueError(f"decoder_width {self.decoder_width} is not divisible by decoder_heads {self.decoder_heads}")
+        if self.head_width % self.head_heads:
+            raise ValueError(f"head_width {self.head_width} is not divisible by head_heads {self.head_heads}")
+        if self.max_text_len < 8:
+            raise ValueError(f"max_text_len must be at least 8, got {self.max_text_len}")
+        if self.image_std <= 0:
+            raise ValueError("image_std must be positive")

@@ -1,0 +1,274 @@
+"""Training data for the student: the prepared image cache joined with the teacher's rationale cache.
+
+Every text is tokenised once up front; a batch is built in ``collate`` (images resized when they
+are not the model's size, counted; token sequences padded).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdistill.errors import DataError
+from kdistill.labels import apply_policy
+from student.text import TokenSpec, report_text, tokenizer_fingerprint
+
+log = logging.getLogger(__name__)
+
+RATIONALE_COLUMNS = ("study_id", "rationale", "embedding")
+PREPARED_COLUMNS = ("study_id", "image", "labels", "findings", "impression")
+# Up to this many bytes of images are held in memory as one array (the demo: ~10 MB); a larger
+# split is read row by row from the Arrow cache.
+IN_MEMORY_BYTES = 1 << 30
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_prepared_cache(path: str | Path):
+    """The prepared cache (kdistill.data.prepare) as a DatasetDict."""
+    from kdistill.data.prepare import load_prepared
+
+    return load_prepared(path)
+
+
+def load_rationale_cache(path: str | Path):
+    """``<rationales>/dataset`` (or the dataset folder itself) -> datasets.Dataset, schema checked."""
+    import datasets
+
+    path = Path(path)
+    folder = path / "dataset" if (path / "dataset").is_dir() else path
+    if not folder.is_dir():
+        raise DataError(folder, "rationale cache not found (run `kdistill teacher generate`)")
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except Exception as err:  # datasets raises several types for a folder that is not a dataset
+        raise DataError(folder, f"not a datasets folder: {err}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise DataError(folder, "expected one Dataset of rationales, found a DatasetDict")
+    missing = [c for c in RATIONALE_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise DataError(folder, f"rationale cache lacks column(s) {missing}; has {ds.column_names}")
+    return ds
+
+
+def check_rationale_tokenizer(cache_path: str | Path | None, tokenizer_dir: str | Path | None, tokenizer, cache) -> str:
+    """Refuse a rationale cache made by another teacher / tokenizer. Returns how it was verified.
+
+    Two checks, each used when its facts exist: the tokenizer hash in the cache's metadata JSON
+    (``tokenizer_hash``, as ``student.text.tokenizer_fingerprint``) against this tokenizer, and the
+    cache rows' ``teacher_id`` against ``teacher.json`` of the tokenizer's teacher folder.
+    """
+    checks = []
+    if cache_path is not None:
+        root = Path(cache_path)
+        root = root if (root / "dataset").is_dir() else root.parent
+        for meta_path in sorted(root.glob("*.json")):
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (json.JSONDecodeError, OSError):
+                continue
+            recorded = meta.get("tokenizer_hash") if isinstance(meta, dict) else None
+            if recorded:
+                mine = tokenizer_fingerprint(tokenizer)
+                if recorded != mine:
+                    raise DataError(meta_path, f"rationale cache was made with another tokenizer "
+                                               f"(tokenizer_hash {recorded}, this tokenizer {mine}); "
+                                               f"pass the teacher folder that generated it")
+                checks.append("tokenizer_hash")
+                break
+    if tokenizer_dir is not None and (Path(tokenizer_dir) / "teacher.json").is_file() and "teacher_id" in cache.column_names:
+        meta = json.loads((Path(tokenizer_dir) / "teacher.json").read_text())
+        expected = meta.get("teacher_id")
+        if expected:
+            found = set(cache.unique("teacher_id"))
+            if found != {expected}:
+                raise DataError(cache_path, f"rationale cache rows come from teacher(s) {sorted(found)[:3]}, "
+                                            f"not from the teacher at {tokenizer_dir} ({expected})")
+            checks.append("teacher_id")
+    if not checks:
+        log.warning("cannot verify that the rationale cache matches tokenizer %s (no tokenizer_hash or "
+                    "teacher_id to compare)", tokenizer_dir)
+    return "+".join(checks) or "unverified"
+
+
+def rationale_index(cache) -> dict[str, tuple[str, np.ndarray | None]]:
+    """study_id -> (rationale, embedding). A study with several rows keeps its first consistent one."""
+    has_consistent = "consistent" in cache.column_names
+    cols = cache.select_columns([c for c in ("study_id", "rationale", "embedding", "consistent") if c in cache.column_names])
+    out: dict[str, tuple[str, np.ndarray | None, bool]] = {}
+    for row in cols:
+        sid = str(row["study_id"])
+        ok = bool(row["consistent"]) if has_consistent else True
+        if sid in out and (out[sid][2] or not ok):
+            continue
+        emb = None if row["embedding"] is None else np.asarray(row["embedding"], dtype=np.float32)
+        out[sid] = (row["rationale"] or "", emb, ok)
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- dataset
+
+class StudyDataset(torch.utils.data.Dataset):
+    """One split: images, policy-applied targets, report tokens and (optionally) rationale tokens."""
+
+    def __init__(
+        self,
+        split,
+        spec: TokenSpec,
+        rationales: dict[str, tuple[str, np.ndarray | None]] | None = None,
+        uncertain: str = "ignore",
+        blank: str = "zeros",
+        split_name: str = "train",
+    ):
+        missing = [c for c in PREPARED_COLUMNS if c not in split.column_names]
+        if missing:
+            raise DataError(split_name, f"prepared split lacks column(s) {missing}")
+        self.split_name = split_name
+        self.study_ids = [str(s) for s in split["study_id"]]
+        labels = np.asarray(split["labels"], dtype=np.float32).reshape(len(self.study_ids), -1)
+        self.targets, self.target_mask = apply_policy(labels, uncertain=uncertain, blank=blank)
+        self.report_texts = [report_text(f or "", i or "") for f, i in zip(split["findings"], split["impression"])]
+        self.report_tokens = spec.encode(self.report_texts)
+        self.rationale_tokens: list[list[int] | None] = [None] * len(self)
+        self.teacher_embedding: np.ndarray | None = None
+        self.missing_rationales: list[str] = []
+        if rationales is not None:
+            present = [i for i, s in enumerate(self.study_ids) if s in rationales]
+            self.missing_rationales = [s for s in self.study_ids if s not in rationales]
+            texts = [rationales[self.study_ids[i]][0] for i in present]
+            for i, toks in zip(present, spec.encode(texts)):
+                self.rationale_tokens[i] = toks
+            embs = [rationales[self.study_ids[i]][1] for i in present]
+            dims = {e.shape[-1] for e in embs if e is not None}
+            if len(dims) > 1:
+                raise DataError(split_name, f"rationale embeddings have different sizes {sorted(dims)}")
+            if dims:
+                dim = dims.pop()
+                self.teacher_embedding = np.zeros((len(self), dim), dtype=np.float32)
+                for i, e in zip(present, embs):
+                    if e is not None:
+                        self.teacher_embedding[i] = e
+        self._images_arrow = split.select_columns(["image"]).with_format("numpy")
+        self._images = None
+        first = self.image(0) if len(self) else np.zeros((1, 1), np.uint8)
+        if first.size * first.itemsize * len(self) <= IN_MEMORY_BYTES:
+            # read in chunks: the numpy format widens uint8 to int64 on the way
+            self._images = []
+            for start in range(0, len(self), 256):
+                chunk = self._images_arrow[start:start + 256]["image"]
+                self._images += [_pixels(a) for a in chunk]
+
+    def __len__(self) -> int:
+        return len(self.study_ids)
+
+    @property
+    def has_rationale(self) -> np.ndarray:
+        return np.array([t is not None for t in self.rationale_tokens], dtype=bool)
+
+    def image(self, i: int) -> np.ndarray:
+        return self._images[i] if self._images is not None else _pixels(self._images_arrow[i]["image"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {
+            "index": i,
+            "image": self.image(i),
+            "targets": self.targets[i],
+            "target_mask": self.target_mask[i],
+            "report_tokens": self.report_tokens[i],
+            "rationale_tokens": self.rationale_tokens[i],
+        }
+        if self.teacher_embedding is not None:
+            item["teacher_embedding"] = self.teacher_embedding[i]
+        return item
+
+
+def to_float_images(images: Sequence[np.ndarray | torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    """Arrays (H, W) or (1, H, W), uint8 or float in [0, 1] -> (B, 1, *size) float32; count of resized."""
+    out, resized = [], 0
+    for img in images:
+        t = torch.as_tensor(np.asarray(img)) if not isinstance(img, torch.Tensor) else img
+        if not t.is_floating_point():  # integer pixels are 0-255
+            t = t.float() / 255.0
+        else:
+            t = t.float()
+        if t.ndim == 3 and t.shape[0] == 1:
+            t = t[0]
+        if t.ndim != 2:
+            raise DataError(None, f"expected a grayscale image (H, W) or (1, H, W), got shape {tuple(t.shape)}")
+        if tuple(t.shape) != tuple(size):
+            t = F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False, antialias=True)[0, 0]
+            resized += 1
+        out.append(t)
+    return torch.stack(out).unsqueeze(1), resized
+
+
+def _pixels(a) -> np.ndarray:
+    """A stored image as uint8 (integer images are 0-255) or float32 in [0, 1]."""
+    a = np.asarray(a)
+    if a.dtype == np.uint8 or a.dtype.kind == "f":
+        return a if a.dtype != np.float64 else a.astype(np.float32)
+    return a.astype(np.uint8)
+
+
+class Collate:
+    """List of items -> one batch of tensors for the model and the loss."""
+
+    def __init__(self, spec: TokenSpec, image_size: tuple[int, int], max_len: int, with_rationales: bool):
+        self.spec = spec
+        self.image_size = image_size
+        self.max_len = max_len
+        self.with_rationales = with_rationales
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        images, resized = to_float_images([it["image"] for it in items], self.image_size)
+        report = self.spec.batch("report", [it["report_tokens"] for it in items], self.max_len)
+        batch = {
+            "index": torch.tensor([it["index"] for it in items]),
+            "images": images,
+            "resized": torch.tensor(resized),
+            "targets": torch.from_numpy(np.stack([it["targets"] for it in items])),
+            "target_mask": torch.from_numpy(np.stack([it["target_mask"] for it in items])),
+            "report_ids": report["ids"],
+            "report_labels": report["labels"],
+        }
+        if self.with_rationales:
+            toks = [it["rationale_tokens"] for it in items]
+            rat = self.spec.batch("rationale", toks, self.max_len)
+            batch["rationale_ids"] = rat["ids"]
+            batch["rationale_labels"] = rat["labels"]
+            batch["rationale_mask"] = rat["mask"]
+            batch["has_rationale"] = torch.tensor([t is not None for t in toks])
+            if "teacher_embedding" in items[0]:
+                batch["teacher_embedding"] = torch.from_numpy(np.stack([it["teacher_embedding"] for it in items]))
+        return batch
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A seeded permutation per epoch: the same order in every process and after a resume."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def coverage(ds: StudyDataset) -> dict[str, Any]:
+    """How many studies of a split have a rationale (for metrics.json and the log)."""
+    missing = ds.missing_rationales
+    return {"studies": len(ds), "with_rationale": len(ds) - len(missing), "missing_rationale": len(missing),
+            "missing_examples": missing[:5]}

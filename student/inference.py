@@ -1,0 +1,61 @@
+"""``model.predict(images)``: probabilities, decisions, reports, rationales and finding maps."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from student.data import to_float_images
+
+
+def _as_list(images) -> list:
+    """(B, H, W), (B, 1, H, W) array/tensor, or a sequence of (H, W) images -> list of images."""
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim == 2:
+            return [images]
+        if images.ndim == 4:
+            if images.shape[1] != 1:
+                raise ValueError(f"expected grayscale images (B, 1, H, W), got shape {tuple(images.shape)}")
+            images = images[:, 0]
+        if images.ndim != 3:
+            raise ValueError(f"expected images (B, H, W) or (B, 1, H, W), got shape {tuple(images.shape)}")
+        return [images[i] for i in range(images.shape[0])]
+    return list(images)
+
+
+def predict(model, images, batch_size: int = 32, max_new_tokens: int = 64, texts: bool = True) -> dict[str, Any]:
+    """Run the student on images (uint8 0-255 or float 0-1), in batches, on the model's device.
+
+    Returns "probs" (B, 14) float32, "decisions" (B, 14) bool (thresholds.json), "reports" and
+    "rationales" (lists of str; empty when ``texts`` is False) and "maps" (B, 14, H, W): the finding
+    attention maps upsampled to the input size (of the first image when sizes differ).
+    """
+    items: Sequence = _as_list(images)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probs, maps, reports, rationales = [], [], [], []
+    out_size = tuple(items[0].shape[-2:]) if len(items) else (0, 0)
+    with torch.inference_mode():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            x, _ = to_float_images(chunk, model.image_size)
+            x = x.to(device)
+            tokens = model.encode_image(x)
+            logits, m = model.classify(tokens)
+            probs.append(torch.sigmoid(logits.float()).cpu())
+            maps.append(F.interpolate(m.float(), size=out_size, mode="bilinear", align_corners=False).cpu())
+            if texts:
+                reports += model.generate(tokens, "report", max_new_tokens)
+                rationales += model.generate(tokens, "rationale", max_new_tokens)
+    model.train(was_training)
+    p = torch.cat(probs).numpy() if probs else np.zeros((0, 14), np.float32)
+    return {
+        "probs": p,
+        "decisions": p >= model.thresholds.cpu().numpy()[None, :],
+        "reports": reports,
+        "rationales": rationales,
+        "maps": torch.cat(maps).numpy() if maps else np.zeros((0, 14, 0, 0), np.float32),
+    }

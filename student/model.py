@@ -1,0 +1,303 @@
+"""The student network: open_clip vision tower, finding query decoder, CoCa-style report decoder.
+
+``create_student(cfg, tokenizer)`` is the one factory. The model takes float images in [0, 1],
+shape (B, 1, H, W), at ``image_size``; ``predict`` (student.inference) accepts anything looser.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdistill.labels import NUM_FINDINGS
+from student.config import StudentConfig
+from student.text import TokenSpec
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+
+
+# ----------------------------------------------------------------------------- vision tower
+
+def _open_clip_config(name: str) -> tuple[str, dict[str, Any]]:
+    """Resolve a config name or JSON path to (registered name, model config dict)."""
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    path = Path(name)
+    if path.suffix == ".json" and path.is_file():
+        open_clip.add_model_config(path)
+        name = path.stem
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(
+            f"unknown open_clip model config {name!r}: not built in, not in {CONFIG_DIR}, not a JSON file"
+        )
+    return name, deepcopy(cfg)
+
+
+def build_vision_tower(cfg: StudentConfig) -> nn.Module:
+    """Only the vision tower of an open_clip model, optionally with pretrained weights.
+
+    The text tower open_clip builds alongside is dropped; with no pretrained weights it is
+    replaced by a tiny one so a large config costs nothing for it. Text-tower "pretrained" flags
+    are off, so nothing is fetched unless ``vision_pretrained`` names an open_clip tag.
+    """
+    import open_clip
+
+    name, model_cfg = _open_clip_config(cfg.vision_model)
+    if "timm_model_name" in model_cfg["vision_cfg"]:
+        raise ValueError(f"{name}: timm vision towers are not supported by the student (open_clip ViT configs only)")
+    vision_cfg = {**model_cfg["vision_cfg"], **cfg.vision_overrides}
+    kwargs: dict[str, Any] = {"vision_cfg": vision_cfg}
+    if not cfg.vision_pretrained:
+        kwargs["text_cfg"] = {"context_length": 8, "vocab_size": 16, "width": 32, "heads": 1, "layers": 1}
+    clip = open_clip.create_model(
+        name,
+        pretrained=cfg.vision_pretrained or None,
+        pretrained_text=False,
+        pretrained_image=False,
+        **kwargs,
+    )
+    visual = clip.visual
+    if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "conv1"):
+        raise ValueError(f"{name}: the student needs an open_clip VisionTransformer tower")
+    # The student reads the last block's patch tokens: the pooled projection and attention poolers
+    # (CoCa configs) are never used, and unused parameters would stall DDP.
+    visual.proj = None
+    if getattr(visual, "attn_pool", None) is not None:
+        visual.attn_pool = None
+        visual.attn_pool_contrastive = None
+    return visual
+
+
+def _sum_first_conv(visual: nn.Module) -> None:
+    """Make the patch embedding take one channel: a gray image repeated to RGB gives the same output."""
+    old = visual.conv1
+    new = nn.Conv2d(1, old.out_channels, kernel_size=old.kernel_size, stride=old.stride, bias=old.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(old.weight.sum(dim=1, keepdim=True))
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    visual.conv1 = new
+
+
+# ----------------------------------------------------------------------------- finding heads
+
+class _QueryLayer(nn.Module):
+    """Class queries cross-attend to the patch tokens; attention weights kept as the class maps."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_q = nn.LayerNorm(width)
+        self.ln_kv = nn.LayerNorm(width)
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+        self.ln_mlp = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, d = queries.shape
+        n, h = tokens.shape[1], self.heads
+        kv = self.ln_kv(tokens)
+        q = self.q_proj(self.ln_q(queries)).view(b, c, h, d // h).transpose(1, 2)
+        k = self.k_proj(kv).view(b, n, h, d // h).transpose(1, 2)
+        v = self.v_proj(kv).view(b, n, h, d // h).transpose(1, 2)
+        attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // h), dim=-1)  # (B, h, C, N)
+        out = (attn @ v).transpose(1, 2).reshape(b, c, d)
+        queries = queries + self.out_proj(out)
+        queries = queries + self.mlp(self.ln_mlp(queries))
+        return queries, attn.mean(dim=1)
+
+
+class FindingQueryDecoder(nn.Module):
+    """One learned query per finding (H-EGL's query network): per-finding logit and spatial map."""
+
+    def __init__(self, in_dim: int, width: int, heads: int, layers: int, num_classes: int = NUM_FINDINGS):
+        super().__init__()
+        self.input_proj = nn.Linear(in_dim, width)
+        self.queries = nn.Parameter(torch.randn(num_classes, width) * width**-0.5)
+        self.layers = nn.ModuleList(_QueryLayer(width, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        # One linear classifier per query (a grouped linear): query c only scores finding c.
+        self.class_weight = nn.Parameter(torch.randn(num_classes, width) * width**-0.5)
+        self.class_bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kv = self.input_proj(tokens)
+        q = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        attn = None
+        for layer in self.layers:
+            q, attn = layer(q, kv)
+        logits = (self.norm(q) * self.class_weight).sum(-1) + self.class_bias
+        return logits, attn  # (B, C), (B, C, N)
+
+
+# ----------------------------------------------------------------------------- report decoder
+
+class ReportDecoder(nn.Module):
+    """CoCa's text side: open_clip TextTransformer (causal) then MultimodalTransformer over the image."""
+
+    def __init__(self, vocab_size: int, image_dim: int, cfg: StudentConfig):
+        super().__init__()
+        from open_clip.transformer import MultimodalTransformer, TextTransformer
+
+        w = cfg.decoder_width
+        self.image_proj = nn.Sequential(nn.Linear(image_dim, w), nn.LayerNorm(w))
+        self.text = TextTransformer(
+            context_length=cfg.max_text_len, vocab_size=vocab_size, width=w, heads=cfg.decoder_heads,
+            layers=cfg.text_layers, output_dim=None, proj_type="none", pool_type="last", output_tokens=True,
+        )
+        self.multimodal = MultimodalTransformer(
+            width=w, layers=cfg.multimodal_layers, heads=cfg.decoder_heads,
+            context_length=cfg.max_text_len, output_dim=vocab_size,
+        )
+        _init_multimodal(self.multimodal, w, cfg.multimodal_layers)
+        # Our own LM head so the hidden states (for the pooled embedding) are reachable.
+        self.multimodal.text_projection = None
+        self.lm_head = nn.Linear(w, vocab_size, bias=False)
+        nn.init.normal_(self.lm_head.weight, std=w**-0.5)
+
+    def image_memory(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        return self.image_proj(image_tokens)
+
+    def hidden(self, memory: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        # TextTransformer.forward applies its full-context causal mask to any length (3.3), so the
+        # unimodal pass is spelled out here with the mask cut to the sequence.
+        t, n = self.text, ids.shape[1]
+        x = t.token_embedding(ids) + t.positional_embedding[:n]
+        x = t.ln_final(t.transformer(x, attn_mask=t.attn_mask[:n, :n]))
+        return self.multimodal(memory, x)  # (B, L, width), final LayerNorm applied
+
+
+def _init_multimodal(mm: nn.Module, width: int, layers: int) -> None:
+    # open_clip's MultimodalTransformer.init_parameters reads a missing attribute (3.3); this is
+    # the same scheme (CLIP's text-tower init) applied to its self- and cross-attention blocks.
+    proj_std = width**-0.5 * (2 * max(layers, 1)) ** -0.5
+    for block in list(mm.resblocks) + list(mm.cross_attn):
+        nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
+        nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+        nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+        nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+
+# ----------------------------------------------------------------------------- the student
+
+class StudentModel(nn.Module):
+    def __init__(self, cfg: StudentConfig, tokenizer):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.tokens = TokenSpec(tokenizer, cfg.report_prefix, cfg.rationale_prefix)
+        self.visual = build_vision_tower(cfg)
+        if cfg.grayscale == "sum_conv":
+            _sum_first_conv(self.visual)
+        self.grid = tuple(self.visual.grid_size)
+        self.image_size = tuple(self.visual.image_size)
+        vision_width = self.visual.conv1.out_channels
+        self.heads = FindingQueryDecoder(vision_width, cfg.head_width, cfg.head_heads, cfg.head_layers)
+        self.decoder = ReportDecoder(cfg.vocab_size, vision_width, cfg)
+        self.embed_proj = nn.Linear(cfg.decoder_width, cfg.teacher_embed_dim) if cfg.teacher_embed_dim else None
+        self.register_buffer("thresholds", torch.full((NUM_FINDINGS,), 0.5), persistent=False)
+
+    # --- pieces
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) float in [0, 1] -> patch tokens (B, N, width)."""
+        x = (images - self.cfg.image_mean) / self.cfg.image_std
+        if self.cfg.grayscale == "repeat":
+            x = x.expand(-1, 3, -1, -1)
+        out = self.visual.forward_intermediates(
+            x, indices=1, normalize_intermediates=True, intermediates_only=True, output_fmt="NLC"
+        )
+        return out["image_intermediates"][-1]
+
+    def classify(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, attn = self.heads(tokens)
+        return logits, attn.reshape(attn.shape[0], attn.shape[1], *self.grid)
+
+    # --- training forward
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        report_ids: torch.Tensor | None = None,
+        rationale_ids: torch.Tensor | None = None,
+        rationale_mask: torch.Tensor | None = None,
+        with_embedding: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Teacher-forced pass. ``*_ids`` are full sequences (B, L); logits predict ids[:, 1:]."""
+        tokens = self.encode_image(images)
+        logits, maps = self.classify(tokens)
+        out = {"logits": logits, "maps": maps}
+        if report_ids is None and rationale_ids is None:
+            return out
+        memory = self.decoder.image_memory(tokens)
+        if report_ids is not None:
+            out["report_logits"] = self.decoder.lm_head(self.decoder.hidden(memory, report_ids[:, :-1]))
+        if rationale_ids is not None:
+            hidden = self.decoder.hidden(memory, rationale_ids[:, :-1])
+            out["rationale_logits"] = self.decoder.lm_head(hidden)
+            if with_embedding:
+                if self.embed_proj is None:
+                    raise ValueError("feature KD needs teacher_embed_dim in the student config")
+                mask = rationale_mask[:, :-1].to(hidden.dtype).unsqueeze(-1)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+                out["embedding"] = self.embed_proj(pooled)
+        return out
+
+    # --- generation
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, task: str, max_new_tokens: int = 64) -> list[str]:
+        """Greedy decoding from the task prompt, from patch tokens (B, N, width)."""
+        spec = self.tokens
+        memory = self.decoder.image_memory(tokens)
+        prompt = torch.tensor(spec.prompts[task], device=tokens.device)
+        ids = prompt.unsqueeze(0).expand(tokens.shape[0], -1).clone()
+        done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        limit = min(self.cfg.max_text_len, len(prompt) + max_new_tokens)
+        while ids.shape[1] < limit and not bool(done.all()):
+            nxt = self.decoder.lm_head(self.decoder.hidden(memory, ids)[:, -1]).argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, spec.pad_id), nxt)
+            ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
+            done |= nxt == spec.eos_id
+        texts = []
+        for row in ids[:, len(prompt):].tolist():
+            if spec.eos_id in row:
+                row = row[: row.index(spec.eos_id)]
+            texts.append(spec.decode(row))
+        return texts
+
+    def predict(self, images, batch_size: int = 32, max_new_tokens: int = 64, texts: bool = True) -> dict[str, Any]:
+        from student.inference import predict
+
+        return predict(self, images, batch_size=batch_size, max_new_tokens=max_new_tokens, texts=texts)
+
+
+def create_student(cfg: StudentConfig, tokenizer) -> StudentModel:
+    """The one factory: the config plus the teacher's tokenizer (shared vocabulary)."""
+    if cfg.vocab_size is None:
+        cfg = dataclasses.replace(cfg, vocab_size=len(tokenizer))
+    elif cfg.vocab_size != len(tokenizer):
+        raise ValueError(
+            f"the student was built for a vocabulary of {cfg.vocab_size} tokens; this tokenizer has {len(tokenizer)}"
+        )
+    return StudentModel(cfg, tokenizer)
+
+
+def describe(model: StudentModel) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    return json.dumps({"parameters": n, "grid": model.grid, "image_size": model.image_size})

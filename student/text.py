@@ -1,0 +1,99 @@
+"""Token sequences for the student's decoder, built with the teacher's tokenizer.
+
+A sequence is ``[bos] + prefix + text + [eos]`` then padding. The task prefix ("<report>" or
+"<rationale>") is plain text tokenised like the rest, so the student's vocabulary stays exactly the
+teacher's (no added tokens). Only text and eos positions are predicted; bos, prefix and padding
+carry label -100.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+class TokenSpec:
+    """The ids the student needs from a tokenizer, and its prompt for each task."""
+
+    def __init__(self, tokenizer, report_prefix: str, rationale_prefix: str):
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        if self.eos_id is None:
+            self.eos_id = tokenizer.sep_token_id
+        if self.eos_id is None:
+            raise ValueError("the tokenizer has neither an eos nor a sep token; the student needs one to end its texts")
+        self.bos_id = tokenizer.bos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        start = [self.bos_id] if self.bos_id is not None else []
+        self.prompts = {
+            "report": start + _encode(tokenizer, report_prefix),
+            "rationale": start + _encode(tokenizer, rationale_prefix),
+        }
+        if not all(self.prompts.values()):
+            raise ValueError("a task prompt is empty: give the tokenizer a bos token or a non-empty prefix")
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Texts -> token ids without special tokens (done once up front for a whole split)."""
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def batch(self, task: str, token_lists: Sequence[Sequence[int] | None], max_len: int) -> dict[str, torch.Tensor]:
+        """Right-padded ``ids`` (B, L), ``labels`` (B, L) with -100 off-target, ``mask`` (B, L) real tokens.
+
+        A ``None`` entry (no text for that row) gives a row whose labels are all -100.
+        """
+        prompt = self.prompts[task]
+        rows, labels = [], []
+        for tokens in token_lists:
+            if tokens is None:
+                seq, lab = list(prompt), [IGNORE_INDEX] * len(prompt)
+            else:
+                body = list(tokens)[: max(0, max_len - len(prompt) - 1)] + [self.eos_id]
+                seq = prompt + body
+                lab = [IGNORE_INDEX] * len(prompt) + body
+            rows.append(seq)
+            labels.append(lab)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        lab_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (seq, lab) in enumerate(zip(rows, labels)):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            lab_t[i, : len(lab)] = torch.tensor(lab)
+            mask[i, : len(seq)] = True
+        return {"ids": ids, "labels": lab_t, "mask": mask}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Short hash of a tokenizer's vocabulary and special tokens: equal hashes tokenise alike.
+
+    The rationale cache records it (``tokenizer_hash`` in its metadata JSON) so a student never
+    trains on a cache made for another vocabulary.
+    """
+    blob = json.dumps(
+        {"vocab": sorted(tokenizer.get_vocab().items()), "special": sorted(map(str, tokenizer.all_special_tokens))},
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def report_text(findings: str, impression: str) -> str:
+    """The report the student learns to write: FINDINGS then IMPRESSION, the sections eval labels."""
+    parts = []
+    if findings and findings.strip():
+        parts.append(f"FINDINGS: {findings.strip()}")
+    if impression and impression.strip():
+        parts.append(f"IMPRESSION: {impression.strip()}")
+    return "\n".join(parts)

@@ -1,0 +1,207 @@
+"""The rationale cache on disk: shards written as generation goes, metadata, the final dataset.
+
+Layout of a rationale folder::
+
+    cache.json            teacher id, adapter hash, prompt version, generation config (+ hash)
+    shards/rRRR-NNNNNN.parquet   rows as produced, one small file per batch per rank
+    dataset/              the merged ``datasets`` dataset (``save_to_disk``), one row per study
+    summary.json          counts: rows, unique prompts, truncated, consistent, retries
+
+Each shard is written to a temp file and ``os.replace``-d in, so a killed run leaves only
+whole shards; a rerun reads the study ids already in shards and skips them, so every study is
+written exactly once. (``datasets.Dataset.from_generator`` cannot resume, hence our own shards.)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from kdistill import config as cfglib
+from kdistill.errors import DataError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("study_id", "prompt", "rationale", "teacher_id", "gen_config_hash", "embedding", "consistent")
+# Shard-only bookkeeping, summarised into summary.json and dropped from the dataset.
+EXTRA_COLUMNS = ("tries", "truncated")
+META_FILE = "cache.json"
+# What must match between a cache and the current run (the rest of cache.json is information).
+META_KEYS = ("teacher_id", "adapter_hash", "prompt_version", "gen_config_hash")
+
+
+def features():
+    from datasets import Features, List, Value
+
+    return Features({
+        "study_id": Value("string"),
+        "prompt": Value("string"),
+        "rationale": Value("string"),
+        "teacher_id": Value("string"),
+        "gen_config_hash": Value("string"),
+        "embedding": List(Value("float32")),
+        "consistent": Value("bool"),
+    })
+
+
+def check_metadata(out_dir: Path, meta: dict[str, Any], force: bool) -> None:
+    """Refuse to add rows made by another teacher/prompt/config to an existing cache, unless
+    ``force``: then the old cache is removed and generation starts over."""
+    path = out_dir / META_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(path, f"not valid JSON: {err}") from None
+        diff = {k: (old.get(k), meta.get(k)) for k in META_KEYS if old.get(k) != meta.get(k)}
+        if diff:
+            if not force:
+                detail = "; ".join(f"{k}: cache {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+                raise DataError(path, f"rationale cache was made with a different teacher or generation config "
+                                      f"({detail}); rerun with --force to discard it and regenerate")
+            log.warning("rationale cache %s differs from the current config (%s); --force: starting over",
+                        out_dir, ", ".join(diff))
+            clear(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfglib.write_text_atomic(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def clear(out_dir: Path) -> None:
+    for name in ("shards", "dataset"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in (META_FILE, "summary.json"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def shard_paths(out_dir: Path) -> list[Path]:
+    return sorted((out_dir / "shards").glob("r*-*.parquet"))
+
+
+def read_shards(out_dir: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    rows: list[dict[str, Any]] = []
+    for path in shard_paths(out_dir):
+        try:
+            rows.extend(pq.read_table(path).to_pylist())
+        except Exception as err:  # a shard is whole (os.replace) unless the disk lied
+            raise DataError(path, f"unreadable rationale shard ({err}); delete it to regenerate its rows") from None
+    return rows
+
+
+def done_keys(out_dir: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    keys: set[str] = set()
+    for path in shard_paths(out_dir):
+        keys.update(pq.read_table(path, columns=["study_id"]).column("study_id").to_pylist())
+    return keys
+
+
+class ShardWriter:
+    """Writes one rank's rows as numbered parquet shards, atomically."""
+
+    def __init__(self, out_dir: Path, rank: int):
+        self.dir = out_dir / "shards"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rank = rank
+        mine = sorted(self.dir.glob(f"r{rank:03d}-*.parquet"))
+        self.next = int(mine[-1].stem.split("-")[1]) + 1 if mine else 0
+        self.written = 0
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> Path | None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not rows:
+            return None
+        table = pa.Table.from_pylist(list(rows), schema=_arrow_schema())
+        path = self.dir / f"r{self.rank:03d}-{self.next:06d}.parquet"
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".shard.", suffix=".tmp")
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.next += 1
+        self.written += len(rows)
+        return path
+
+
+def _arrow_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("study_id", pa.string()), ("prompt", pa.string()), ("rationale", pa.string()),
+        ("teacher_id", pa.string()), ("gen_config_hash", pa.string()),
+        ("embedding", pa.list_(pa.float32())), ("consistent", pa.bool_()),
+        ("tries", pa.int32()), ("truncated", pa.bool_()),
+    ])
+
+
+def merge(out_dir: Path, order: Sequence[str]) -> tuple[Any, dict[str, int]]:
+    """All shards -> ``<out>/dataset`` (rows in ``order``, the input study order); checks every
+    study of ``order`` is there exactly once. Returns (dataset, counts)."""
+    from datasets import Dataset
+
+    rows = read_shards(out_dir)
+    by_key: dict[str, dict[str, Any]] = {}
+    duplicates = 0
+    for row in rows:
+        if row["study_id"] in by_key:
+            duplicates += 1
+            continue
+        by_key[row["study_id"]] = row
+    if duplicates:  # cannot happen through ShardWriter + done_keys; say so loudly if it does
+        log.error("rationale shards in %s hold %d duplicate study rows; kept the first of each", out_dir, duplicates)
+    missing = [k for k in order if k not in by_key]
+    if missing:
+        raise DataError(out_dir / "shards", f"{len(missing)} studies have no rationale (e.g. {missing[:3]}); rerun to finish")
+    ordered = [by_key[k] for k in order]
+    counts = {
+        "rows": len(ordered),
+        "consistent": sum(bool(r["consistent"]) for r in ordered),
+        "retried": sum(r["tries"] > 1 for r in ordered),
+        "truncated": sum(bool(r["truncated"]) for r in ordered),
+        "duplicates_dropped": duplicates,
+    }
+    data = {c: [r[c] for r in ordered] for c in COLUMNS}
+    dataset = Dataset.from_dict(data, features=features())
+    _save_dataset_atomic(dataset, out_dir / "dataset")
+    return dataset, counts
+
+
+def _save_dataset_atomic(dataset, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.save_to_disk(str(tmp))
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_rationales(path: str | Path):
+    """The rationale cache as a ``datasets.Dataset`` (``path`` = the rationale folder or its
+    ``dataset/``). For the student: one row per study, schema ``COLUMNS``."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    if (path / "dataset").is_dir():
+        path = path / "dataset"
+    if not path.is_dir():
+        raise DataError(path, "rationale cache not found (run `kdistill teacher generate`)")
+    dataset = load_from_disk(str(path))
+    missing = [c for c in COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise DataError(path, f"not a rationale cache: missing columns {missing}")
+    return dataset
+

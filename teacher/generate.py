@@ -1,0 +1,401 @@
+"""``kdistill teacher generate``: a rationale for every train/validate study, into the cache.
+
+Fast: identical prompts are generated once; prompts are sorted by length and decoded in
+batches with left padding and the KV cache, on the base model with the LoRA merged in.
+Scales: studies are split across processes (``accelerate`` ``split_between_processes``; run
+with ``torchrun``/``accelerate launch``), each rank writes its own shards, the main process
+merges; or ``backend: vllm`` when vllm is installed. Resumable: shards are written as batches
+finish and a rerun skips studies already written (``teacher.cache``). Checked: every
+rationale is labelled by the project's labeler and flagged ``consistent`` or not; inconsistent
+ones are regenerated with sampling up to ``max_retries`` times, then kept and flagged.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+from kdistill import config as cfglib
+from kdistill.config import ConfigError
+from kdistill.errors import DataError
+from teacher import cache
+from teacher.consistency import LabelFn, default_label_fn, is_consistent
+from teacher.modeling import load_teacher
+from teacher.prompts import PROMPT_VERSION, prompt_for_study
+
+log = logging.getLogger(__name__)
+
+# Settings that change what is generated: hashed into gen_config_hash (batch size and device
+# do not change greedy outputs, so a resume may use other values).
+GEN_KEYS = ("backend", "max_new_tokens", "context", "do_sample", "temperature", "top_p", "num_beams",
+            "max_retries", "retry_temperature", "seed")
+
+
+@dataclasses.dataclass
+class StageConfig:
+    teacher: str | None = None  # teacher folder; default: the teacher_train stage's output
+    data_root: str | None = None  # default: the run's dataset root
+    splits: list[str] = dataclasses.field(default_factory=lambda: ["train", "validate"])
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = 32
+    max_new_tokens: int = 96
+    context: int = 0  # prompt + rationale tokens; 0: the model's max_position_embeddings
+    do_sample: bool = False  # greedy by default
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_beams: int = 1
+    max_retries: int = 3  # sampled regenerations of an inconsistent rationale
+    retry_temperature: float = 0.8
+    dtype: str = "float32"
+    cpu: bool = False
+    threads: int = 0
+    on_error: Literal["raise", "skip"] = "raise"  # bad studies when loading the dataset
+    limit: int = 0  # 0: every study; N: the first N (quick runs)
+    seed: int = 0
+    force: bool = False  # discard a cache made with another teacher / config
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_beams < 1 or self.max_retries < 0:
+            raise ValueError("batch_size, max_new_tokens, num_beams >= 1 and max_retries >= 0 are required")
+
+
+def gen_config_hash(cfg: StageConfig) -> str:
+    return cfglib.config_hash({**{k: getattr(cfg, k) for k in GEN_KEYS}, "prompt_version": PROMPT_VERSION})
+
+
+# --- backends ---------------------------------------------------------------------------------
+
+class HFBackend:
+    """Batched decoding with transformers: left padding, KV cache, OOM -> halve the batch."""
+
+    def __init__(self, model, tok, cfg: StageConfig, device):
+        self.model, self.tok, self.cfg, self.device = model, tok, cfg, device
+        self.max_batch = cfg.batch_size
+        self.tokens = 0  # generated tokens, for tokens/s
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        ids = self.tok.encode(prompt, add_special_tokens=False)
+        return ([self.tok.bos_token_id] if self.tok.bos_token_id is not None else []) + ids
+
+    def _left_pad(self, seqs: Sequence[Sequence[int]]):
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if s:
+                ids[i, width - len(s):] = torch.tensor(list(s))
+                mask[i, width - len(s):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _chunked(self, items: list, fn) -> list:
+        """``fn`` over ``items`` in chunks of ``max_batch``; on CUDA OOM halve it and go on."""
+        out, i = [], 0
+        while i < len(items):
+            chunk = items[i:i + self.max_batch]
+            try:
+                out.extend(fn(chunk))
+                i += len(chunk)
+            except torch.cuda.OutOfMemoryError:
+                if len(chunk) == 1:
+                    raise
+                self.max_batch = max(1, len(chunk) // 2)
+                log.warning("CUDA out of memory on a batch of %d; going on with batches of %d",
+                            len(chunk), self.max_batch)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        return out
+
+    def generate(self, prompts: list[str], sample: bool, seed: int,
+                 temperature: float = 1.0) -> list[tuple[str, list[int]]]:
+        """(text, token ids) per prompt, EOS and padding removed."""
+        return self._chunked(prompts, lambda chunk: self._generate(chunk, sample, seed, temperature))
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[str], sample: bool, seed: int, temperature: float) -> list[tuple[str, list[int]]]:
+        from transformers import GenerationConfig
+
+        ids, mask = self._left_pad([self.prompt_ids(p) for p in prompts])
+        gen = GenerationConfig(
+            max_new_tokens=self.cfg.max_new_tokens, do_sample=sample,
+            num_beams=1 if sample else self.cfg.num_beams,
+            temperature=temperature if sample else None,
+            top_p=self.cfg.top_p if sample else None, top_k=None if not sample else 0,
+            pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
+            bos_token_id=self.tok.bos_token_id, use_cache=True,
+        )
+        if sample:
+            torch.manual_seed(seed)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        results = []
+        for row in out[:, ids.shape[1]:].tolist():
+            if self.tok.eos_token_id in row:
+                row = row[: row.index(self.tok.eos_token_id)]
+            row = [t for t in row if t != self.tok.pad_token_id]
+            self.tokens += len(row)
+            results.append((self.tok.decode(row, skip_special_tokens=True).strip(), row))
+        return results
+
+    def embed(self, prompts: list[str], rationale_ids: list[list[int]]) -> list[np.ndarray]:
+        pairs = list(zip(prompts, rationale_ids))
+        return self._chunked(pairs, self._embed)
+
+    @torch.no_grad()
+    def _embed(self, pairs) -> list[np.ndarray]:
+        """Mean of the last hidden state over the rationale's tokens (the last prompt token's
+        state when the rationale is empty)."""
+        seqs = [self.prompt_ids(p) + list(r) for p, r in pairs]
+        ids, mask = self._left_pad(seqs)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # padding does not shift positions
+        hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        out = []
+        for b, (_, r) in enumerate(pairs):
+            n = max(len(r), 1)
+            out.append(hidden[b, -n:].float().mean(0).cpu().numpy().astype(np.float32))
+        return out
+
+
+class VLLMBackend(HFBackend):
+    """Decoding with vLLM (the merged teacher saved once to ``<out>/.merged``); embeddings
+    still come from the transformers model."""
+
+    def __init__(self, model, tok, cfg: StageConfig, device, out_dir: Path):
+        super().__init__(model, tok, cfg, device)
+        import vllm
+
+        merged = out_dir / ".merged"
+        model.save_pretrained(str(merged), safe_serialization=True)
+        tok.save_pretrained(str(merged))
+        self._vllm = vllm
+        self.llm = vllm.LLM(model=str(merged), dtype=cfg.dtype if cfg.dtype != "float32" else "auto",
+                            seed=cfg.seed, trust_remote_code=False)
+
+    def generate(self, prompts: list[str], sample: bool, seed: int,
+                 temperature: float = 1.0) -> list[tuple[str, list[int]]]:
+        params = self._vllm.SamplingParams(
+            max_tokens=self.cfg.max_new_tokens, seed=seed,
+            temperature=temperature if sample else 0.0,
+            top_p=self.cfg.top_p if sample else 1.0,
+        )
+        requests = [{"prompt_token_ids": self.prompt_ids(p)} for p in prompts]
+        results = []
+        for res in self.llm.generate(requests, params):
+            ids = [t for t in res.outputs[0].token_ids if t not in (self.tok.eos_token_id, self.tok.pad_token_id)]
+            self.tokens += len(ids)
+            results.append((res.outputs[0].text.strip(), ids))
+        return results
+
+
+def require_vllm() -> None:
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("backend 'vllm' needs the vllm package, which is not installed "
+                          "(pip install vllm, on a machine with a GPU), or use backend: hf")
+
+
+# --- the generation run -----------------------------------------------------------------------
+
+def generate_rationales(
+    studies: Sequence[Any],
+    teacher_dir: str | Path,
+    out_dir: str | Path,
+    cfg: StageConfig,
+    label_fn: LabelFn | None = None,
+) -> dict[str, Any]:
+    """Rationales for ``studies`` (``Study`` objects) into the cache at ``out_dir``; returns the
+    summary (counts and speed). Safe to rerun: finished studies are skipped."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    if not studies:
+        raise DataError(out_dir, "no studies to generate rationales for")
+    if cfg.backend == "vllm":
+        require_vllm()
+    label_fn = label_fn or default_label_fn()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    state = PartialState(cpu=cfg.cpu)
+    device = torch.device("cpu") if cfg.cpu else state.device
+    model, tok, meta = load_teacher(teacher_dir, device=device, dtype=cfg.dtype)
+    tok.padding_side = "left"
+    context = cfg.context or int(getattr(model.config, "max_position_embeddings", 2048))
+    max_prompt = context - cfg.max_new_tokens
+    if max_prompt < 16:
+        raise ConfigError(f"context {context} leaves {max_prompt} prompt tokens after max_new_tokens "
+                          f"{cfg.max_new_tokens}; raise context or lower max_new_tokens")
+
+    # Prompts (report side cut when too long). Identical prompts are generated once.
+    count = lambda text: len(tok.encode(text, add_special_tokens=False)) + 1  # noqa: E731 (+ BOS)
+    built = [prompt_for_study(s, count, max_prompt) for s in studies]
+    n_truncated = sum(b.truncated for b in built)
+    if n_truncated:
+        log.warning("%d of %d prompts were longer than %d tokens: their reports were cut", n_truncated,
+                    len(built), max_prompt)
+    gen_hash = gen_config_hash(cfg)
+    teacher_id = meta["teacher_id"]
+    cache_meta = {"teacher_id": teacher_id, "adapter_hash": meta["adapter_hash"], "base": meta["base"],
+                  "prompt_version": PROMPT_VERSION, "gen_config_hash": gen_hash,
+                  "gen_config": {k: getattr(cfg, k) for k in GEN_KEYS}}
+    if state.is_main_process:
+        cache.check_metadata(out_dir, cache_meta, cfg.force)
+    state.wait_for_everyone()
+
+    done = cache.done_keys(out_dir)
+    groups: dict[str, list[int]] = {}
+    for i, (study, prompt) in enumerate(zip(studies, built)):
+        if study.study_id not in done:
+            groups.setdefault(prompt.text, []).append(i)
+    # Longest first (an OOM shows up at once), ties by hash: the same order on every rank and
+    # every rerun, so a resumed run forms the same batches as an uninterrupted one.
+    units = sorted(groups.items(), key=lambda kv: (-count(kv[0]), hashlib.sha256(kv[0].encode()).hexdigest()))
+    units = _round_robin_order(units, state.num_processes)
+    if done:
+        log.info("resuming: %d studies already in %s, %d to go", len(done), out_dir, sum(len(v) for _, v in units))
+
+    backend = (VLLMBackend(model, tok, cfg, device, out_dir) if cfg.backend == "vllm"
+               else HFBackend(model, tok, cfg, device))
+    writer = cache.ShardWriter(out_dir, state.process_index)
+    started = time.time()
+    with state.split_between_processes(units) as mine:
+        n_rows = sum(len(idx) for _, idx in mine)
+        bar = tqdm(total=n_rows, unit="row", desc=f"rationales (rank {state.process_index})",
+                   disable=not state.is_main_process)
+        for b in range(0, len(mine), cfg.batch_size):
+            batch = mine[b:b + cfg.batch_size]
+            # the seed hangs on the batch's content, not its position: a resumed run samples alike
+            seed = cfg.seed + int(hashlib.sha256(batch[0][0].encode()).hexdigest()[:7], 16)
+            rows = _generate_batch(batch, studies, built, backend, label_fn, cfg, teacher_id, gen_hash, seed)
+            writer.write(rows)
+            bar.update(len(rows))
+            bar.set_postfix(tok_s=f"{backend.tokens / max(time.time() - started, 1e-9):.0f}")
+        bar.close()
+    seconds = time.time() - started
+    log.info("rank %d wrote %d rows (%d generated tokens) in %.1fs", state.process_index, writer.written,
+             backend.tokens, seconds)
+    state.wait_for_everyone()
+
+    summary: dict[str, Any] = {}
+    if state.is_main_process:
+        _, counts = cache.merge(out_dir, [s.study_id for s in studies])
+        summary = {
+            **counts,
+            "consistent_fraction": round(counts["consistent"] / max(counts["rows"], 1), 4),
+            "unique_prompts_this_run": len(units),
+            "resumed_rows": len(done),
+            "processes": state.num_processes,
+            "teacher_id": teacher_id,
+            "gen_config_hash": gen_hash,
+            "prompt_version": PROMPT_VERSION,
+            "context": context,
+            "generated_tokens": backend.tokens,  # this (main) process
+            "rows_per_s": round(writer.written / max(seconds, 1e-9), 2),
+            "tokens_per_s": round(backend.tokens / max(seconds, 1e-9), 1),
+        }
+        cfglib.save_json(summary, out_dir / "summary.json")
+        log.info("rationale cache %s: %d rows, %.1f%% consistent, %d retried, %d truncated", out_dir / "dataset",
+                 counts["rows"], 100 * summary["consistent_fraction"], counts["retried"], counts["truncated"])
+    state.wait_for_everyone()
+    return summary
+
+
+def _generate_batch(batch, studies, built, backend, label_fn, cfg: StageConfig, teacher_id: str,
+                    gen_hash: str, seed: int) -> list[dict[str, Any]]:
+    """Rows for one batch of unique prompts: generate, check, regenerate the inconsistent ones
+    with sampling, embed."""
+    prompts = [p for p, _ in batch]
+    outputs = backend.generate(prompts, sample=cfg.do_sample, seed=seed, temperature=cfg.temperature)
+    ok = _check(outputs, batch, studies, label_fn)
+    tries = [1] * len(batch)
+    for attempt in range(1, cfg.max_retries + 1):
+        todo = [j for j, good in enumerate(ok) if not good]
+        if not todo:
+            break
+        again = backend.generate([prompts[j] for j in todo], sample=True, seed=seed + 7919 * attempt,
+                                 temperature=cfg.retry_temperature)
+        good_again = _check(again, [batch[j] for j in todo], studies, label_fn)
+        for j, out, good in zip(todo, again, good_again):
+            tries[j] = attempt + 1
+            if good:  # else keep the first (greedy, reproducible) one and flag it
+                outputs[j], ok[j] = out, True
+    embeddings = backend.embed(prompts, [ids for _, ids in outputs])
+    rows = []
+    for (prompt, idxs), (text, _), good, n, emb in zip(batch, outputs, ok, tries, embeddings):
+        for i in idxs:
+            rows.append({
+                "study_id": studies[i].study_id, "prompt": prompt, "rationale": text, "teacher_id": teacher_id,
+                "gen_config_hash": gen_hash, "embedding": emb.tolist(), "consistent": bool(good),
+                "tries": n, "truncated": built[i].truncated,
+            })
+    return rows
+
+
+def _check(outputs, units, studies, label_fn) -> list[bool]:
+    """A prompt's rationale is good when it is consistent with every study sharing the prompt."""
+    labels = np.asarray(label_fn([text for text, _ in outputs]))
+    return [all(is_consistent(lab, studies[i].labels) for i in idxs) for lab, (_, idxs) in zip(labels, units)]
+
+
+def _round_robin_order(items: list, n: int) -> list:
+    """Reorder so that contiguous near-equal chunks (split_between_processes) are round-robin
+    picks of ``items``: every rank gets long and short prompts alike."""
+    if n <= 1:
+        return items
+    return [x for r in range(n) for x in items[r::n]]
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+def load_study_list(root: str | Path, splits: Sequence[str], on_error: str = "raise", limit: int = 0) -> list:
+    try:
+        from kdistill.data.mimic import load_studies
+    except ImportError as err:
+        raise DataError(root, f"cannot load studies: kdistill.data.mimic is not available ({err})") from None
+    studies = load_studies(root, splits=list(splits), on_error=on_error)
+    studies = [s for s in studies if s.split in splits]
+    if limit:
+        studies = studies[:limit]
+    if not studies:
+        raise DataError(root, f"no studies in splits {list(splits)}")
+    return studies
+
+
+def run_stage(cfg: StageConfig, ctx) -> dict[str, Any]:
+    root = cfg.data_root or ctx.data_root
+    studies = load_study_list(root, cfg.splits, cfg.on_error, cfg.limit)
+    teacher_dir = cfg.teacher or ctx.stage_dir("teacher_train")
+    return generate_rationales(studies, teacher_dir, ctx.stage_dir("teacher_generate"), cfg)
+
+
+def main(argv: list[str] | None = None, prog: str = "kdistill teacher generate") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", help="dataset root (MIMIC-CXR-JPG layout)")
+    parser.add_argument("--teacher", help="teacher folder written by `kdistill teacher train`")
+    parser.add_argument("--out", required=True, help="rationale folder (the cache is <out>/dataset)")
+    parser.add_argument("--config", help="YAML with StageConfig keys")
+    parser.add_argument("--section", help="section of --config to read, e.g. teacher_generate")
+    parser.add_argument("--force", action="store_true", help="discard a cache made with another teacher/config")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_size=64 backend=vllm")
+    args = parser.parse_args(argv)
+    cfg = cfglib.load(StageConfig, args.config, args.overrides, section=args.section)
+    if args.force:
+        cfg.force = True
+    root = args.data_root or cfg.data_root
+    teacher_dir = args.teacher or cfg.teacher
+    if root is None or teacher_dir is None:
+        raise DataError(None, "give --data-root ROOT and --teacher DIR")
+    studies = load_study_list(root, cfg.splits, cfg.on_error, cfg.limit)
+    summary = generate_rationales(studies, teacher_dir, args.out, cfg)
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()
+    if summary:
+        print(json.dumps(summary, indent=2))
+    return 0

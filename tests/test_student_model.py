@@ -1,0 +1,111 @@
+"""The student network: shapes, grayscale handling, generation, tokenisation and the config."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from kdistill import config as cfglib
+from student import StudentConfig, create_student
+from student.data import to_float_images
+from student.losses import LossWeights, student_loss
+from student.synthetic import TINY_MODEL, make_prepared, make_rationales, make_tokenizer
+from student.text import IGNORE_INDEX, TokenSpec
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.set_num_threads(1)
+    prep = make_prepared(16, 8, size=32)
+    return prep, make_tokenizer(prep)
+
+
+def _cfg(**kw):
+    return cfglib.from_dict(StudentConfig, {**TINY_MODEL, **kw})
+
+
+def test_config_round_trips_through_kdistill_config():
+    cfg = _cfg(teacher_embed_dim=16, grayscale="repeat")
+    again = cfglib.from_dict(StudentConfig, cfglib.to_dict(cfg))
+    assert again == cfg
+    with pytest.raises(cfglib.ConfigError, match="decoder_heads"):
+        cfglib.from_dict(StudentConfig, {**TINY_MODEL, "decoder_width": 30, "decoder_heads": 4})
+
+
+def test_forward_shapes_and_maps_are_attention_distributions(toy):
+    prep, tok = toy
+    torch.manual_seed(0)
+    model = create_student(_cfg(teacher_embed_dim=16), tok)
+    assert model.cfg.vocab_size == len(tok) and model.grid == (4, 4)
+    x = torch.rand(3, 1, 32, 32)
+    spec = model.tokens
+    rep = spec.batch("report", spec.encode(["FINDINGS: clear.", "IMPRESSION: edema", "x"]), 48)
+    out = model(x, rep["ids"], rep["ids"], rep["mask"], with_embedding=True)
+    assert out["logits"].shape == (3, 14)
+    assert out["maps"].shape == (3, 14, 4, 4)
+    # each finding's map is a softmax over the 16 patches
+    assert torch.allclose(out["maps"].sum(dim=(2, 3)), torch.ones(3, 14), atol=1e-5)
+    assert out["report_logits"].shape == (3, rep["ids"].shape[1] - 1, len(tok))
+    assert out["embedding"].shape == (3, 16)
+
+
+def test_sum_conv_grayscale_equals_repeating_the_channel(toy):
+    _, tok = toy
+    torch.manual_seed(0)
+    rep = create_student(_cfg(grayscale="repeat"), tok).eval()
+    summed = create_student(_cfg(grayscale="sum_conv"), tok).eval()
+    state = rep.state_dict()
+    state["visual.conv1.weight"] = state["visual.conv1.weight"].sum(dim=1, keepdim=True)
+    summed.load_state_dict(state)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(rep.encode_image(x), summed.encode_image(x), atol=1e-5)
+    assert summed.visual.conv1.in_channels == 1 and rep.visual.conv1.in_channels == 3
+
+
+def test_token_sequences_mask_prompt_and_padding(toy):
+    _, tok = toy
+    spec = TokenSpec(tok, "<report>", "<rationale>")
+    prompt = spec.prompts["report"]
+    assert prompt[0] == tok.bos_token_id
+    body = spec.encode(["There is edema."])[0]
+    b = spec.batch("report", [body, None], max_len=len(prompt) + 3)
+    # truncated to max_len with eos kept last; prompt positions and padding are not targets
+    assert b["ids"][0].tolist() == prompt + body[:2] + [tok.eos_token_id]
+    assert b["labels"][0].tolist() == [IGNORE_INDEX] * len(prompt) + body[:2] + [tok.eos_token_id]
+    assert (b["labels"][1] == IGNORE_INDEX).all() and b["mask"][1].sum() == len(prompt)
+
+
+def test_greedy_generation_reproduces_a_memorised_report(toy):
+    _, tok = toy
+    torch.manual_seed(0)
+    model = create_student(_cfg(), tok)
+    text = "FINDINGS: There is edema."
+    spec = model.tokens
+    b = spec.batch("report", spec.encode([text]), 48)
+    x = torch.rand(1, 1, 32, 32)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        out = model(x, report_ids=b["ids"])
+        loss, _ = student_loss(out, {**b, "report_labels": b["labels"]}, LossWeights(cls=0, rep=1, kd=0, emb=0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert model.generate(model.encode_image(x), "report", max_new_tokens=30) == [text]
+
+
+def test_images_of_another_size_are_resized_and_counted():
+    imgs = [np.full((40, 40), 255, np.uint8), np.zeros((32, 32), np.float32), torch.ones(1, 32, 32) * 0.5]
+    x, resized = to_float_images(imgs, (32, 32))
+    assert x.shape == (3, 1, 32, 32) and resized == 1
+    assert torch.allclose(x[0], torch.ones(1, 32, 32)) and torch.allclose(x[2], torch.full((1, 32, 32), 0.5))
+    with pytest.raises(Exception, match="grayscale"):
+        to_float_images([np.zeros((3, 32, 32))], (32, 32))
+
+
+def test_create_student_refuses_a_tokenizer_of_another_size(toy):
+    _, tok = toy
+    cfg = dataclasses.replace(_cfg(), vocab_size=len(tok) + 5)
+    with pytest.raises(ValueError, match="vocabulary"):
+        create_student(cfg, tok)

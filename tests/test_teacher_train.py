@@ -1,0 +1,151 @@
+"""Pretraining (tokenizer + tiny Llama) and LoRA adaptation on a toy corpus."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_teacher_toy import write_toy_corpus  # noqa: E402
+
+from kdistill.errors import DataError  # noqa: E402
+from teacher import modeling  # noqa: E402
+from teacher import train as trainlib  # noqa: E402
+from teacher.pretrain import StageConfig as PretrainConfig  # noqa: E402
+from teacher.pretrain import pretrain  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("teacher_train")
+    corpus = write_toy_corpus(root / "corpus.jsonl", n_rationale=100)
+    result = pretrain(PretrainConfig(model_config="llama_tiny", steps=60, batch_size=16, lr=1e-2, warmup_steps=5),
+                      corpus, root / "base")
+    return {"root": root, "corpus": corpus, "base": root / "base", "pretrain": result}
+
+
+def _train_cfg(**kw):
+    defaults = dict(steps=12, batch_size=8, lr=5e-3, warmup_steps=2, lora_r=4, lora_alpha=8,
+                    checkpoint_every=0, log_every=100, cpu=True)
+    return trainlib.StageConfig(**{**defaults, **kw})
+
+
+def test_pretrain_loss_goes_down_and_tokenizer_loads_with_autotokenizer(toy):
+    from transformers import AutoTokenizer
+
+    result = toy["pretrain"]
+    assert result["final_loss"] < 0.5 * result["first_loss"]
+    # better than a uniform guess over the vocabulary on the held-out docs
+    assert result["eval_loss"] < math.log(result["vocab_size"]) / 2
+    tok = AutoTokenizer.from_pretrained(str(toy["base"]))
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<s>", "</s>", "<pad>", "<unk>")
+    text = "Blunting of the left costophrenic angle"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text  # byte-level: lossless
+    config = json.loads((toy["base"] / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["vocab_size"] == len(tok)
+
+
+def test_lora_training_lowers_loss_and_saves_adapter_tokenizer_and_teacher_json(toy):
+    out = toy["root"] / "teacher"
+    result = trainlib.train(_train_cfg(steps=30), toy["base"], toy["corpus"], out)
+    assert result["eval_loss"] < result["eval_before"]["eval_loss"]
+    assert result["final_train_loss"] < result["first_train_loss"]
+    meta = json.loads((out / "teacher.json").read_text())
+    digest = hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert meta["adapter_hash"] == digest
+    assert meta["teacher_id"] == f"base+lora-{digest[:16]}"
+    assert meta["lora_targets"] == modeling.LORA_TARGETS["llama"]  # all linear layers of the blocks
+    assert (out / "tokenizer.json").is_file() and not (out / "checkpoints").exists()
+
+
+def test_reloaded_adapter_gives_identical_logits_merged_or_not(toy):
+    from peft import PeftModel
+
+    out = toy["root"] / "teacher_reload"
+    trainlib.train(_train_cfg(), toy["base"], toy["corpus"], out)
+    merged, tok, _ = modeling.load_teacher(out)
+    ids = torch.tensor([tok.encode("Findings: Cardiomegaly\nRationale:")])
+    base = modeling.load_causal_lm(toy["base"])
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        unmerged = PeftModel.from_pretrained(modeling.load_causal_lm(toy["base"]), str(out)).eval()
+        unmerged_logits = unmerged(ids).logits
+        merged_logits = merged(ids).logits
+        again = modeling.load_teacher(out)[0](ids).logits
+    assert torch.equal(merged_logits, again)  # reloading is deterministic
+    assert torch.allclose(merged_logits, unmerged_logits, atol=1e-5)  # merge_and_unload == adapter on top
+    assert not torch.allclose(merged_logits, base_logits, atol=1e-3)  # the adapter is not a no-op
+
+
+def test_interrupted_training_resumes_from_checkpoint_to_the_same_adapter(toy, monkeypatch):
+    from safetensors.torch import load_file
+
+    straight = toy["root"] / "straight"
+    trainlib.train(_train_cfg(steps=8, lora_dropout=0.1), toy["base"], toy["corpus"], straight)
+
+    resumed = toy["root"] / "resumed"
+    real_save = trainlib._save_checkpoint
+
+    def save_then_die(accelerator, ckpt, step):
+        real_save(accelerator, ckpt, step)
+        raise KeyboardInterrupt  # the run dies right after its step-4 checkpoint
+
+    monkeypatch.setattr(trainlib, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainlib.train(_train_cfg(steps=8, lora_dropout=0.1, checkpoint_every=4), toy["base"], toy["corpus"], resumed)
+    assert json.loads((resumed / "checkpoints" / "last" / "step.json").read_text()) == {"step": 4}
+    monkeypatch.setattr(trainlib, "_save_checkpoint", real_save)
+    result = trainlib.train(_train_cfg(steps=8, lora_dropout=0.1, checkpoint_every=4), toy["base"], toy["corpus"], resumed)
+    assert result["steps"] == 8 and result["resumed_from_step"] == 4
+    a = load_file(straight / "adapter_model.safetensors")
+    b = load_file(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_missing_base_model_path_is_a_data_error_naming_it(toy, tmp_path):
+    missing = tmp_path / "no" / "such" / "model"
+    with pytest.raises(DataError, match="does not exist") as err:
+        trainlib.train(_train_cfg(), missing, toy["corpus"], tmp_path / "out")
+    assert str(missing) in str(err.value)
+
+
+def test_empty_corpus_is_a_data_error_naming_it(toy, tmp_path):
+    empty = tmp_path / "corpus.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty") as err:
+        trainlib.train(_train_cfg(), toy["base"], empty, tmp_path / "out")
+    assert str(empty) in str(err.value)
+
+
+def test_tokenizer_without_pad_token_gets_eos_as_pad_and_says_so(toy, tmp_path, caplog):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(toy["base"]))
+    tok.pad_token = None
+    tok.save_pretrained(str(tmp_path))
+    assert AutoTokenizer.from_pretrained(str(tmp_path)).pad_token is None
+    with caplog.at_level(logging.WARNING):
+        loaded = modeling.load_tokenizer(tmp_path)
+    assert loaded.pad_token == "</s>" and loaded.pad_token_id == loaded.eos_token_id
+    assert "no pad token" in caplog.text
+
+
+def test_lora_targets_per_family_and_all_linear_fallback():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, vocab_size=50))
+    assert modeling.lora_targets(llama) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50))
+    assert modeling.lora_targets(gpt2) == ["c_attn", "c_proj", "c_fc"]
+    gpt2.config.model_type = "somethingnew"
+    assert modeling.lora_targets(gpt2) == "all-linear"
