@@ -593,6 +593,9 @@ def main(argv: list[str] | None = None, prog: str = "kdistill eval") -> int:
     parser.add_argument("--allow-missing", action="store_true", help="score only the studies that have predictions")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.checkpoint is not None and args.validate_predictions is not None:
+        parser.error("--validate-predictions goes with --predictions; a checkpoint brings its own thresholds.json "
+                     "(or is run on the validate split)")
     cfg = StageConfig(split=args.split, n_bootstrap=args.bootstrap, noise_sigmas=list(args.noise),
                       uncertain=args.uncertain, chexbert_checkpoint=args.chexbert_checkpoint,
                       chexbert_tokenizer=args.chexbert_tokenizer)

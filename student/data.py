@@ -124,6 +124,7 @@ class StudyDataset(torch.utils.data.Dataset):
         uncertain: str = "ignore",
         blank: str = "zeros",
         split_name: str = "train",
+        report_order: str = "findings_first",
     ):
         missing = [c for c in PREPARED_COLUMNS if c not in split.column_names]
         if missing:
@@ -132,7 +133,8 @@ class StudyDataset(torch.utils.data.Dataset):
         self.study_ids = [str(s) for s in split["study_id"]]
         labels = np.asarray(split["labels"], dtype=np.float32).reshape(len(self.study_ids), -1)
         self.targets, self.target_mask = apply_policy(labels, uncertain=uncertain, blank=blank)
-        self.report_texts = [report_text(f or "", i or "") for f, i in zip(split["findings"], split["impression"])]
+        self.report_texts = [report_text(f or "", i or "", report_order)
+                             for f, i in zip(split["findings"], split["impression"])]
         self.report_tokens = spec.encode(self.report_texts)
         self.rationale_tokens: list[list[int] | None] = [None] * len(self)
         self.teacher_embedding: np.ndarray | None = None

@@ -77,6 +77,8 @@ def build_vision_tower(cfg: StudentConfig) -> nn.Module:
     if getattr(visual, "attn_pool", None) is not None:
         visual.attn_pool = None
         visual.attn_pool_contrastive = None
+        # its ln_post normalised the pooler's output; the patch tokens need one of their own width
+        visual.ln_post = nn.LayerNorm(visual.conv1.out_channels)
     return visual
 
 

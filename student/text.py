@@ -89,11 +89,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def report_text(findings: str, impression: str) -> str:
-    """The report the student learns to write: FINDINGS then IMPRESSION, the sections eval labels."""
+def report_text(findings: str, impression: str, order: str = "findings_first") -> str:
+    """The report the student learns to write: the FINDINGS and IMPRESSION sections eval labels,
+    in ``order`` ("findings_first" as in MIMIC, or "impression_first")."""
     parts = []
     if findings and findings.strip():
         parts.append(f"FINDINGS: {findings.strip()}")
     if impression and impression.strip():
         parts.append(f"IMPRESSION: {impression.strip()}")
+    if order == "impression_first":
+        parts.reverse()
+    elif order != "findings_first":
+        raise ValueError(f"unknown report order {order!r}")
     return "\n".join(parts)

@@ -247,6 +247,39 @@ class _CsvLog:
             csv.DictWriter(fh, fieldnames=LOG_COLUMNS).writerow({k: row.get(k, "") for k in LOG_COLUMNS})
 
 
+def _build_data(cfg: StageConfig, prepared, tokenizer, rationales, tokenizer_dir, rationale_path):
+    """(train dataset, validation dataset, model config with the teacher's embedding size,
+    rationale coverage, how the cache's tokenizer was verified)."""
+    from student.data import StudyDataset, check_rationale_tokenizer, coverage, rationale_index
+    from student.text import TokenSpec
+
+    for split in ("train", "validate"):
+        if split not in prepared:
+            raise DataError(None, f"the prepared cache has no '{split}' split (has {list(prepared)})")
+    rat_index, tok_check, model_cfg = None, "not used", dataclasses.replace(cfg.model)
+    if cfg.needs_rationales:
+        if rationales is None:
+            raise DataError(rationale_path, "w_kd or w_emb > 0 needs the teacher's rationale cache")
+        tok_check = check_rationale_tokenizer(rationale_path, tokenizer_dir, tokenizer, rationales)
+        rat_index = rationale_index(rationales)
+    spec = TokenSpec(tokenizer, model_cfg.report_prefix, model_cfg.rationale_prefix)
+    order = model_cfg.report_order
+    train_ds = StudyDataset(prepared["train"], spec, rat_index, cfg.uncertain, cfg.blank, "train", order)
+    val_ds = StudyDataset(prepared["validate"], spec, rat_index, cfg.uncertain, cfg.blank, "validate", order)
+    cover = coverage(train_ds) if rat_index is not None else None
+    if cover and cover["missing_rationale"]:
+        msg = (f"{cover['missing_rationale']} of {cover['studies']} training studies have no rationale "
+               f"(e.g. {', '.join(cover['missing_examples'])})")
+        if cfg.require_rationales:
+            raise DataError(rationale_path, msg + "; require_rationales is set")
+        log.warning("%s: they train without the distillation terms", msg)
+    if cfg.loss.emb:
+        if train_ds.teacher_embedding is None:
+            raise DataError(rationale_path, "w_emb > 0 but the rationale cache has no embeddings")
+        model_cfg.teacher_embed_dim = int(train_ds.teacher_embedding.shape[1])
+    return train_ds, val_ds, model_cfg, cover, tok_check
+
+
 # ----------------------------------------------------------------------------- training
 
 def train(
@@ -271,7 +304,7 @@ def train(
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    from student.data import Collate, EpochSampler, StudyDataset, check_rationale_tokenizer, coverage, rationale_index
+    from student.data import Collate, EpochSampler
     from student.model import create_student
 
     t_start = time.time()
@@ -282,28 +315,8 @@ def train(
     set_seed(seed)
 
     # --- data
-    for split in ("train", "validate"):
-        if split not in prepared:
-            raise DataError(None, f"the prepared cache has no '{split}' split (has {list(prepared)})")
-    rat_index, tok_check, model_cfg = None, "not used", dataclasses.replace(cfg.model)
-    if cfg.needs_rationales:
-        if rationales is None:
-            raise DataError(rationale_path, "w_kd or w_emb > 0 needs the teacher's rationale cache")
-        tok_check = check_rationale_tokenizer(rationale_path, tokenizer_dir, tokenizer, rationales)
-        rat_index = rationale_index(rationales)
-    train_ds = StudyDataset(prepared["train"], _spec(tokenizer, model_cfg), rat_index, cfg.uncertain, cfg.blank, "train")
-    val_ds = StudyDataset(prepared["validate"], _spec(tokenizer, model_cfg), rat_index, cfg.uncertain, cfg.blank, "validate")
-    cover = coverage(train_ds) if rat_index is not None else None
-    if cover and cover["missing_rationale"]:
-        msg = (f"{cover['missing_rationale']} of {cover['studies']} training studies have no rationale "
-               f"(e.g. {', '.join(cover['missing_examples'])})")
-        if cfg.require_rationales:
-            raise DataError(rationale_path, msg + "; require_rationales is set")
-        log.warning("%s: they train without the distillation terms", msg)
-    if cfg.loss.emb:
-        if train_ds.teacher_embedding is None:
-            raise DataError(rationale_path, "w_emb > 0 but the rationale cache has no embeddings")
-        model_cfg.teacher_embed_dim = int(train_ds.teacher_embedding.shape[1])
+    data = _build_data(cfg, prepared, tokenizer, rationales, tokenizer_dir, rationale_path)
+    train_ds, val_ds, model_cfg, cover, tok_check = data
     if len(train_ds) < cfg.batch_size * accelerator.num_processes:
         raise DataError(None, f"{len(train_ds)} training studies: fewer than one batch "
                               f"({cfg.batch_size} x {accelerator.num_processes} processes)")
@@ -469,12 +482,6 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
-
-
-def _spec(tokenizer, model_cfg: StudentConfig):
-    from student.text import TokenSpec
-
-    return TokenSpec(tokenizer, model_cfg.report_prefix, model_cfg.rationale_prefix)
 
 
 def _check_finite(accelerator, loss: torch.Tensor, batch, ds, state: TrainState, out_dir: Path) -> None:

@@ -123,3 +123,15 @@ def test_end_to_end_from_text_with_the_project_labeler():
     assert out["chexpert_rules_f1/f1/Cardiomegaly"] == 1.0
     assert out["chexpert_rules_f1/f1/Pleural Effusion"] == 1.0
     assert out["chexpert_rules_f1/micro_14"] == 1.0
+
+
+def test_evaluate_module_labels_texts_with_the_project_labeler():
+    evaluate = pytest.importorskip("evaluate")
+    pytest.importorskip("kdistill.labeler")
+    generated = ["Moderate cardiomegaly.", "Possible small right pleural effusion."]
+    reference = ["The heart is enlarged.", "Small right pleural effusion."]
+    got = evaluate.load(str(METRICS / "label_f1")).compute(predictions=generated, references=reference)
+    label_fn, name = L.get_labeler()
+    assert got == L.report_label_metrics(generated, reference, label_fn, name)
+    assert got["chexpert_rules_f1/uncertain_positive/f1/Pleural Effusion"] == 1.0  # hedged -> positive
+    assert got["chexpert_rules_f1/f1/Pleural Effusion"] == 0.0  # hedged -> negative

@@ -368,9 +368,10 @@ def test_a_real_student_checkpoint_goes_through_the_adapter(tiny, tmp_path):
     root, labels, ids = tiny
     torch.manual_seed(0)
     tokenizer = make_tokenizer()
-    model = create_student(cfglib.from_dict(StudentConfig, TINY_MODEL), tokenizer)
+    cfg = cfglib.from_dict(StudentConfig, TINY_MODEL)
+    model = create_student(cfg, tokenizer)
     ckpt = tmp_path / "student"
-    save_weights(model, ckpt)
+    save_weights(cfg, model.state_dict(), ckpt)
     save_tokenizer(tokenizer, ckpt)
     thresholds = np.linspace(0.3, 0.7, 14)
     save_thresholds(thresholds, ckpt)
@@ -425,3 +426,16 @@ def test_kdistill_eval_on_the_phantom(phantom, tmp_path):
     y, mask = classification.targets(labels, uncertain="ones")
     assert ones["test/auc_micro_14"] == pytest.approx(roc_auc_score(y[mask], probs.round(6)[mask]), abs=1e-12)
     assert ones["test/auc_micro_14"] < 1.0
+
+
+def test_the_kdistill_command_reports_bad_input_with_the_file_name(tiny, tmp_path, capsys):
+    from kdistill import cli
+
+    root, labels, ids = tiny
+    probs = _noisy_probs(labels["test"], 0)
+    probs[0, 0] = np.nan
+    pred = _write_csv(tmp_path / "bad.csv", ids["test"], probs)
+    assert cli.main(["eval", "--predictions", str(pred), "--data", str(root), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"kdistill eval: error: {pred}: line 2 (study {ids['test'][0]}): probability for 'Atelectasis' is nan" in err
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -248,6 +248,35 @@ def test_region_is_where_the_image_changes(name):
         assert inside > 5 * outside, (name, inside, outside)
 
 
+@pytest.mark.parametrize("name", ["Pleural Effusion", "Pneumothorax", "Lung Lesion", "Consolidation", "Fracture", "Atelectasis"])
+def test_laterality_is_the_patients_side(name):
+    # The patient's left is on the image's right (radiographic convention).
+    for side in ("left", "right"):
+        spec = FindingSpec(side, "moderate", "middle", extra={"rib": 6})
+        result = render_study({name: spec}, size=128, seed=9)
+        xs = np.nonzero(np.logical_or.reduce([r.mask for r in result.regions]))[1]
+        assert (xs.mean() > 64) == (side == "left"), (name, side)
+    both = render_study({name: FindingSpec("bilateral", "moderate", "lower")}, size=128, seed=9)
+    if name in ("Pleural Effusion", "Consolidation", "Atelectasis"):
+        assert {r.part for r in both.regions} == {"left", "right"}
+
+
+def test_difficulty_lowers_finding_contrast_and_raises_noise():
+    def contrast(difficulty):
+        spec = {"Lung Lesion": FindingSpec("right", "moderate", "middle")}
+        with_f = render_study(spec, size=256, seed=4, difficulty=difficulty)
+        without = render_study({}, size=256, seed=4, difficulty=difficulty)
+        region = with_f.regions[0].mask
+        diff = with_f.image.astype(float) - without.image.astype(float)
+        # Noise: spread of a flat soft-tissue patch below the diaphragm, minus its smooth trend.
+        patch = without.image[215:245, 100:156].astype(float)
+        return diff[region].mean(), np.std(patch - np.mean(patch, axis=0, keepdims=True))
+
+    (easy, easy_noise), (hard, hard_noise) = contrast(0.1), contrast(0.9)
+    assert easy > 2.5 * hard > 0
+    assert hard_noise > 2 * easy_noise
+
+
 def test_cardiomegaly_heart_is_wider_than_half_the_thorax():
     for seed in range(6):
         for view in ("PA", "AP"):
@@ -356,7 +385,13 @@ def test_stage_config_and_run(tmp_path):
 def test_command_writes_a_dataset(tmp_path, capsys):
     from kdistill.data.phantom.command import main
 
-    assert main(["--out", str(tmp_path / "d"), "--n", "8", "--seed", "1", "--size", "64", "--quiet", "corpus_mb=0.01"]) == 0
+    run_config = tmp_path / "run.yaml"
+    run_config.write_text("name: x\ndata:\n  phantom:\n    n_studies: 5\n    image_size: 64\n    corpus_mb: 0.01\n")
+    assert main(["--out", str(tmp_path / "d"), "--config", str(run_config), "--n", "8", "--seed", "1", "--quiet", "difficulty=0.2"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["n_studies"] == 8
-    assert len(_read_csv(tmp_path / "d" / CSV_NAMES[0])) == 8
+    assert summary["n_studies"] == 8  # --n beats the file
+    meta = _read_csv(tmp_path / "d" / CSV_NAMES[0])
+    assert len(meta) == 8 and meta[0]["Rows"] == "64"
+    assert json.loads((tmp_path / "d" / "phantom.json").read_text())["config"]["difficulty"] == 0.2
+    with pytest.raises(ConfigError, match="difficulty"):
+        main(["--out", str(tmp_path / "e"), "--quiet", "difficulty=3"])

@@ -109,3 +109,21 @@ def test_create_student_refuses_a_tokenizer_of_another_size(toy):
     cfg = dataclasses.replace(_cfg(), vocab_size=len(tok) + 5)
     with pytest.raises(ValueError, match="vocabulary"):
         create_student(cfg, tok)
+
+
+def test_vision_tower_loads_a_local_open_clip_checkpoint(toy, tmp_path):
+    import open_clip
+    from safetensors.torch import save_file
+
+    from student.model import CONFIG_DIR
+
+    _, tok = toy
+    open_clip.add_model_config(CONFIG_DIR)
+    vision = {**open_clip.get_model_config("kdistill-vit-tiny")["vision_cfg"], **TINY_MODEL["vision_overrides"]}
+    torch.manual_seed(5)
+    clip = open_clip.create_model("kdistill-vit-tiny", pretrained=None, vision_cfg=vision)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    model = create_student(_cfg(vision_pretrained=str(tmp_path / "clip.safetensors")), tok)
+    assert torch.equal(model.visual.conv1.weight, clip.visual.conv1.weight.sum(dim=1, keepdim=True))
+    w = "transformer.resblocks.0.attn.in_proj_weight"
+    assert torch.equal(model.visual.state_dict()[w], clip.visual.state_dict()[w])

@@ -84,6 +84,20 @@ def _bert_config(bert_config: Any):
     raise TypeError(f"bert_config must be None, a BertConfig, a dict or a path, got {type(bert_config).__name__}")
 
 
+def _load_tokenizer(path: Path):
+    """A local BERT tokenizer: a saved transformers tokenizer, or a bare WordPiece vocab.txt."""
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    if not path.is_dir():
+        raise DataError(path, "tokenizer directory not found (a local bert-base-uncased tokenizer is needed)")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as err:
+        if (path / "vocab.txt").is_file():  # the bare vocabulary that BERT releases ship
+            return BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+        raise DataError(path, f"cannot load a tokenizer from it: {err}") from None
+
+
 def load_state_dict(checkpoint: str | Path, model: nn.Module) -> None:
     """Read a CheXbert checkpoint safely (weights_only) and load it into ``model``; any
     missing, unexpected or mis-shaped key is a DataError naming the file."""
@@ -140,15 +154,7 @@ class CheXbertLabeler:
         device: str = "cpu",
         batch_size: int = 16,
     ):
-        from transformers import AutoTokenizer
-
-        tok_path = Path(tokenizer_dir)
-        if not tok_path.is_dir():
-            raise DataError(tok_path, "tokenizer directory not found (a local bert-base-uncased tokenizer is needed)")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise DataError(tok_path, f"cannot load a tokenizer from it: {err}") from None
+        self.tokenizer = _load_tokenizer(Path(tokenizer_dir))
         self.config = _bert_config(bert_config)
         self.model = CheXbertModel(self.config)
         load_state_dict(checkpoint, self.model)

@@ -12,7 +12,6 @@ import csv
 import io
 import logging
 import math
-import sys
 from pathlib import Path
 
 from kdistill.config import write_text_atomic
@@ -90,7 +89,11 @@ def write_labels(path: str | Path, reports: list[str], labels, report_column: st
 
 
 def main(argv: list[str] | None = None, prog: str = "kdistill label") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Label radiology reports (one per CSV row) with the 14 CheXpert findings: "
+        "1.0 positive, 0.0 negative, -1.0 uncertain, empty not mentioned.",
+    )
     parser.add_argument("input", help="CSV of reports: one per row, headerless unless --column is given")
     parser.add_argument("--out", required=True, help="output CSV (report + 14 CheXpert columns)")
     parser.add_argument("--column", default=None, help="name of the report column in a CSV with a header row")
@@ -115,6 +118,5 @@ def main(argv: list[str] | None = None, prog: str = "kdistill label") -> int:
     label_fn, metric = get_labeler(args.chexbert, args.tokenizer)
     labels = label_fn(texts)
     write_labels(args.out, reports, labels, args.column or REPORT_COLUMN)
-    log.info("labelled %d reports with %s -> %s", len(reports), metric.replace("_f1", ""), args.out)
-    print(f"labelled {len(reports)} reports -> {args.out}", file=sys.stderr)
+    log.info("labelled %d reports (%s labeler) -> %s", len(reports), metric.removesuffix("_f1"), args.out)
     return 0

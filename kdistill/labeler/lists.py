@@ -15,11 +15,11 @@ the heart / mediastinum as a structure: stability makes it uncertain), ``uncerta
 uncertain unless negated), ``normal`` (a statement that reports the finding absent),
 ``negated_only`` (a structure that speaks to the finding only when reported normal: "normal
 cardiomediastinal silhouette" rules out cardiomegaly, "enlarged cardiomediastinal silhouette"
-does not rule it in) - plus
-``unmention`` (text that must not count as a mention even though a mention matches inside).
+does not rule it in) - plus ``unmention`` (text that must not count as a mention even though
+a mention matches inside).
 
 Pattern files (``patterns/*.yaml``): trigger lists with ``pre``/``post`` reach (and an
-optional ``only: <mention kind>`` / ``post_only: <mention kind>`` restricting what it reaches), and
+optional ``only`` / ``post_only: <mention kind>`` restricting what a trigger reaches), and
 ``scope.yaml`` (clause breaks, pseudo-triggers, abbreviations).
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ class PhraseSet:
         sources = ([r"(?<!\w)(?:" + "|".join(word_start) + ")"] if word_start else []) + other
         self.scan = _compile("|".join(sources) or r"(?!x)x", Path(where), "phrases")
         self._each = [(tag, _compile(phrase_to_regex(phrase), Path(where), repr(phrase))) for tag, phrase, _, _ in parts]
-        self._cache: dict[str, str] = {}
+        self._cache: dict[tuple[str, str], str] = {}
 
     def finditer(self, low: str):
         """-> (start, end, tag) for each non-overlapping match."""
@@ -116,7 +116,7 @@ class PhraseSet:
     def tag(self, low: str, start: int, end: int) -> str:
         # The text after the match is part of the key: a phrase may end in a lookahead
         # ("and" before "there" ends a clause, "and" before "the" only a forward scope).
-        key = low[start: end + 12]
+        key = (low[start:end], low[end: end + 12])
         tag = self._cache.get(key)
         if tag is None:
             for tag, rx in self._each:

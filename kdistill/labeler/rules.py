@@ -40,6 +40,7 @@ from kdistill.labeler.lists import NEGATION, OTHER, PRENEG_UNCERTAIN, STABILITY,
 _WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n[ \t]*\n")
 _COMMA = re.compile(r",")
+_LAST_WORD = re.compile(r"[\w.]*$")
 _NO_FINDING = FINDING_INDEX["No Finding"]
 _SUPPORT_DEVICES = "Support Devices"
 _CHF_TEXTS = ("chf", "heart failure")
@@ -144,8 +145,8 @@ class Labeler:
         for m in _SENTENCE_END.finditer(low):
             ch = m.group()
             if ch == ".":
-                word_start = low.rfind(" ", 0, m.start()) + 1
-                if low[word_start: m.start()].strip("(") in self._abbreviations:
+                word = _LAST_WORD.search(low, max(0, m.start() - 16), m.start()).group()
+                if word in self._abbreviations:
                     continue
             elif ch == "?" and (m.start() == 0 or low[m.start() - 1].isspace()):
                 continue  # "? pneumonia" hedges, it does not end a sentence

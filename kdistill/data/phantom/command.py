@@ -19,7 +19,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="random seed; the same seed gives identical files")
     parser.add_argument("--size", type=int, help="stored image side in pixels (image_size, 64..1024)")
     parser.add_argument("--workers", type=int, help="processes (output does not depend on it)")
-    parser.add_argument("--config", help="YAML file with PhantomConfig keys (top level or a 'phantom' section)")
+    parser.add_argument("--config", help="YAML file with PhantomConfig keys (top level, a 'phantom' section, or a run config's data.phantom)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. difficulty=0.7 shortcut_finding=Pneumothorax")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -31,7 +31,10 @@ def load_config(args: argparse.Namespace) -> PhantomConfig:
     if args.config:
         data = cfglib.read_yaml(args.config)
         source = args.config
-        if "phantom" in data and isinstance(data["phantom"], dict):
+        # Accept a PhantomConfig mapping, a {phantom: ...} file, or a whole run config (data.phantom).
+        if isinstance(data.get("data"), dict) and isinstance(data["data"].get("phantom"), dict):
+            data = data["data"]["phantom"]
+        elif isinstance(data.get("phantom"), dict):
             data = data["phantom"]
     flags = {"n_studies": args.n, "seed": args.seed, "image_size": args.size, "workers": args.workers}
     data = cfglib.merge(data, {k: v for k, v in flags.items() if v is not None})

@@ -149,29 +149,56 @@ def _rationale(findings: dict[str, FindingSpec], know: Knowledge, rng: np.random
     return " ".join(parts)
 
 
+_TEXTBOOK = {
+    "intro": ["{N} is a radiographic finding located in {loc}.", "{N} involves {loc}.",
+              "On chest radiographs, {n} is found in {loc}.", "The usual site of {n} is {loc}."],
+    "signs": ["On a frontal chest radiograph, {n} shows as {signs}.", "The radiographic signs of {n} are {signs}.",
+              "Radiologists recognise {n} by {signs}.", "Key signs of {n}: {signs}."],
+    "causes": ["Common causes of {n} are {items}.", "{N} is most often caused by {items}.",
+               "Typical causes of {n} include {items}."],
+    "differentials": ["The differential diagnosis of {n} includes {items}.", "{N} must be distinguished from {items}.",
+                      "Mimics of {n} include {items}."],
+    "grades": ["Radiologists grade {n} as {items}.", "Reports describe the extent of {n} as {items}."],
+    "sides": ["It may be {items}, and reports state the side.", "{N} can be {items}; the report names the side."],
+    "names": ["Other names for {n} are {items}.", "{N} is also reported as {items}."],
+}
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _textbook(name: str, know: Knowledge, rng: np.random.Generator) -> str:
     info = know[name]
     n = info.canonical
-    pieces = [
-        f"{_cap(n)} is a radiographic finding located in {info.location}.",
-        f"On a frontal chest radiograph, {n} shows as " + "; ".join(info.signs) + ".",
-    ]
-    if info.causes:
-        pieces.append(f"Common causes of {n} are " + ", ".join(info.causes) + ".")
+
+    def say(kind: str, **kw) -> str:
+        options = _TEXTBOOK[kind]
+        return _cap(options[int(rng.integers(len(options)))].format(n=n, N=_cap(n), **kw))
+
+    def some(items) -> list[str]:
+        items = list(items)
+        k = int(rng.integers(max(1, len(items) - 1), len(items) + 1))
+        return [items[i] for i in sorted(rng.choice(len(items), size=k, replace=False))]
+
+    pieces = [say("signs", signs=_join(some(info.signs)))]
+    if name == "Support Devices":  # its "causes" are indications
+        pieces.append(f"Support devices are placed for {_join(some(info.causes))}.")
+    elif info.causes:
+        pieces.append(say("causes", items=_join(some(info.causes))))
     if info.differentials:
-        pieces.append(f"The differential diagnosis of {n} includes " + ", ".join(info.differentials) + ".")
+        pieces.append(say("differentials", items=_join(some(info.differentials))))
     if info.associated_text:
         pieces.append(info.associated_text)
     if info.severity_words:
-        grades = ", ".join(f"{v[0]} ({k})" for k, v in info.severity_words.items())
-        pieces.append(f"Radiologists grade {n} as {grades}.")
+        pieces.append(say("grades", items=_join([v[0] if v[0] == k else f"{v[0]} ({k})" for k, v in info.severity_words.items()])))
     sides = [s for s in info.lateralities if s != "none"]
     if sides:
-        pieces.append(f"It may be {' or '.join(sides)}, and reports state the side.")
+        pieces.append(say("sides", items=" or ".join(sides)))
     if len(info.names) > 1:
-        pieces.append(f"Other names for {n} are " + ", ".join(info.names[1:]) + ".")
-    order = rng.permutation(len(pieces) - 1) + 1
-    return " ".join([pieces[0]] + [pieces[i] for i in order])
+        pieces.append(say("names", items=_join(list(info.names[1:]))))
+    order = rng.permutation(len(pieces))
+    return " ".join([say("intro", loc=info.location)] + [pieces[i] for i in order])
 
 
 def _compare(a: str, b: str, know: Knowledge, rng: np.random.Generator) -> str:

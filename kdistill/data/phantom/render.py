@@ -66,11 +66,12 @@ def _grid(size: int) -> _Grid:
     x, y = c[None, :], c[:, None]
     hx = np.where(x < 0.5, 0.40, 0.60).astype(np.float32)  # hila
     dx, dy = x - hx, y - 0.45
-    ang = np.arctan2(dy, dx)
     r = np.sqrt(dx * dx + dy * dy)
+    # Vessels wind a little as they leave the hilum instead of running as straight spokes.
+    ang = np.arctan2(dy, dx) + 0.035 * np.sin(r * 40 + 3 * np.arctan2(dy, dx)) + 0.015 * np.sin(r * 100)
     index = ((ang + math.pi) / (2 * math.pi) * _NB).astype(np.int32) % _NB
     index = index + _NB * (r > 0.13)
-    falloff = (np.exp(-r / 0.22) * np.clip((r - 0.015) / 0.04, 0, 1)).astype(np.float32)
+    falloff = (np.exp(-r / 0.2) * np.clip((r - 0.035) / 0.06, 0, 1)).astype(np.float32)
     rng = np.random.default_rng(size)
     noise = rng.standard_normal((2 * size, 2 * size), dtype=np.float32)
     basis = _hat_basis(2 * size, 48)
@@ -122,7 +123,7 @@ def _anatomy(patient: np.random.Generator, study: np.random.Generator, view: str
     for side in a.base:
         a.base[side] += breath
     if view == "AP":  # supine/portable: magnified heart, poorer inspiration, flatter contrast
-        a.ctr *= 1.1
+        a.ctr = min(a.ctr * 1.1, 0.49)  # magnified, yet a normal heart stays under half the thorax
         a.mw *= 1.1
         for side in a.base:
             a.base[side] -= 0.035
@@ -622,7 +623,7 @@ def render_study(
     if "Enlarged Cardiomediastinum" in findings:
         spec = findings["Enlarged Cardiomediastinum"]
         anatomy.mw = _pick(spec, (0.10, 0.118, 0.14)) * rng_for("Enlarged Cardiomediastinum").uniform(0.97, 1.05)
-    contrast = 1.55 - 1.1 * difficulty
+    contrast = 1.6 - 1.3 * difficulty  # finding contrast: 1.6 (obvious) .. 0.3 (faint)
     cv = _Canvas(g, anatomy, contrast)
     heart, heart_mask = _heart(cv)
     _lungs(cv, heart)
@@ -674,16 +675,21 @@ def render_study(
     att *= S / (3 * cv.edge)
     att += 0.5
     np.clip(att, 0.0, 1.0, out=att)
-    att *= 0.60  # soft tissue of the body
+    att *= 0.42 + 0.22 * np.sqrt(np.clip(1 - ((x - a.cx) / (a.tw + 0.1)) ** 2, 0, 1))  # body: thickest mid-line
     c0, c1 = max(0, cv.px(a.cx - 0.035)), min(S, cv.px(a.cx + 0.035) + 1)
     att[:, c0:c1] += (0.07 * np.clip(1 - ((x[:, c0:c1] - a.cx) / 0.032) ** 2, 0, 1)) * (0.85 + 0.15 * np.cos(y * (2 * np.pi / 0.038)))
     hr, hc = cv.heart_box
     att[hr, hc] += 0.05 * heart[hr, hc]
+    for side in ("right", "left"):  # hilar vessels: soft densities at the medial mid lungs
+        hx = cv.x_at(side, (a.mw + 0.045) / a.tw)
+        hy = a.apex + 0.42 * cv.height(side)
+        r0, r1 = max(0, cv.px(hy - 0.12)), min(S, cv.px(hy + 0.12))
+        att[r0:r1, cv.cols(side)] += 0.10 * _gauss_cols(cv.xs(side), hx, 0.035) * _gauss_cols(y[r0:r1], hy, 0.06) * cv.lung[r0:r1, cv.cols(side)]
     # Air depth: thickest lung mid-field; apices (shoulder girdle) and bases (soft tissue) are greyer.
     depth_rows = 0.30 + 0.10 * _gauss_cols(y, a.apex + 0.45 * cv.height("left"), 0.3)
     depth_cols = 0.9 + 0.1 * _gauss_cols(x, a.cx, 0.25)
     air = markings  # reused buffer: markings are not needed after this
-    air *= -0.12
+    air *= -0.22
     if cv.marking_gain is not None:
         air *= cv.marking_gain
     air += depth_rows * depth_cols
@@ -712,7 +718,7 @@ def render_study(
     oy, ox, my, mx = noise_rng.integers(0, S, 4)
     mottle = g.texture[my : my + S, mx : mx + S]
     img += mottle * np.float32(0.008 + 0.02 * difficulty)
-    sigma = (0.012 + 0.05 * difficulty) * (1.25 if view == "AP" else 1.0)
+    sigma = (0.01 + 0.06 * difficulty) * (1.25 if view == "AP" else 1.0)
     grain = g.noise[oy : oy + S, ox : ox + S]
     img += (grain if noise_rng.random() < 0.5 else grain.T) * np.float32(sigma)
     if shortcut:

@@ -9,7 +9,7 @@
       mimic-cxr-2.0.0-chexpert.csv.gz            subject_id, study_id, 14 findings (1.0/0.0/-1.0/blank)
       mimic-cxr-2.0.0-split.csv.gz               dicom_id, study_id, subject_id, split
       rois.jsonl                                 one region per line (box + mask) for every rendered finding
-      rois/DICOM_ID_SLUG[_PART].png              binary 1-bit masks, image size
+      rois/DICOM_ID_SLUG[_PART].png              binary masks (0/255, 8-bit), image size
       corpus/corpus.jsonl                        the teacher's text corpus
       phantom.json                               config, counts, prevalence (written last)
 
@@ -97,7 +97,8 @@ def make_study(plan: StudyPlan, cfg: PhantomConfig, out_dir: Path) -> dict[str, 
         for region in result.regions:
             slug = know[region.finding].slug + (f"_{region.part}" if region.part else "")
             rel = f"rois/{plan.dicom_id}_{slug}.png"
-            _write_bytes(out_dir / rel, _encode(region.mask, "PNG", compress_level=1))  # 1-bit PNG
+            # 8-bit 0/255 rather than 1-bit: any reader (``> 0``, ``> 127``, ``/ 255``) gets it right.
+            _write_bytes(out_dir / rel, _encode(region.mask.view(np.uint8) * np.uint8(255), "PNG", compress_level=1))
             rois.append({"study_id": plan.study_id, "dicom_id": plan.dicom_id, "finding": region.finding,
                          "box": _box(region.mask), "mask": rel})
     return {"labels": report.labels.tolist(), "rois": rois}

@@ -1,0 +1,150 @@
+"""Does distillation help? Three students from the same code on the same data and seeds:
+
+    classification only   w_rep = w_kd = w_emb = 0
+    + report              w_kd = w_emb = 0          (the no-distillation baseline)
+    + distillation        all terms (sequence-level KD on the teacher's rationales + feature KD)
+
+scored on the test split: micro/macro-AUC over 14 findings (eval.classification) and report label
+F1 micro/macro over 14 (``chexpert_rules_f1``: kdistill.labeler on generated vs reference reports,
+eval.label_f1). The claim checked: "+ distillation" beats "+ report" on label F1 micro and does
+not lose micro-AUC (mean over seeds).
+
+    .venv/bin/python benchmarks/student_quality.py --run runs/demo [--seeds 0 1 2] [--config configs/demo.yaml]
+
+--run DIR reads DIR/prepared, DIR/teacher (tokenizer) and DIR/rationales (the teacher's cache);
+each can be given alone (--prepared/--tokenizer/--rationales). Writes
+benchmarks/results/student_quality.json. Not a timed test: several minutes on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kdistill import config as cfglib
+
+VARIANTS = {
+    "classification only": {"rep": 0.0, "kd": 0.0, "emb": 0.0},
+    "+ report": {"kd": 0.0, "emb": 0.0},
+    "+ distillation": {},
+}
+
+
+def _student_config(path: str | None, overrides: list[str]):
+    from student.train import StageConfig
+
+    section = None
+    if path and "student" in (cfglib.read_yaml(path) or {}):
+        section = "student"
+    return cfglib.load(StageConfig, path, overrides, section=section)
+
+
+def _score(model_dir: Path, test, with_reports: bool, batch_size: int) -> dict[str, float]:
+    import student
+    from eval.classification import auc_metrics
+    from eval.label_f1 import label_f1
+    from kdistill.labeler import label_reports
+    from kdistill.labels import apply_policy
+    from student.text import report_text
+
+    model = student.load(model_dir)
+    images = [np.asarray(a) for a in test.with_format("numpy")["image"]]
+    out = model.predict(images, batch_size=batch_size, texts=with_reports)
+    raw = np.asarray(test["labels"], dtype=np.float32)
+    y, mask = apply_policy(raw, uncertain="ignore", blank="zeros")
+    auc = auc_metrics(out["probs"], y, mask)
+    row = {"micro_auc": float(auc.get("auc_micro_14", math.nan)), "macro_auc": float(auc.get("auc_macro_14", math.nan))}
+    if with_reports:
+        refs = [report_text(f or "", i or "") for f, i in zip(test["findings"], test["impression"])]
+        f1 = label_f1(out["reports"], refs, label_fn=label_reports)
+        row.update(f1_micro=float(f1["micro_14"]), f1_macro=float(f1["macro_14"]))
+    return row
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return math.nan, math.nan
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", help="run folder holding prepared/, teacher/, rationales/")
+    p.add_argument("--prepared")
+    p.add_argument("--tokenizer")
+    p.add_argument("--rationales")
+    p.add_argument("--config", help="YAML with the student settings (a run config or a bare student section)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--work", default="runs/bench_student_quality", help="where the students are trained")
+    p.add_argument("--out", default="benchmarks/results/student_quality.json")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the student config")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.WARNING)
+
+    from student.data import load_prepared_cache, load_rationale_cache
+    from student.train import load_tokenizer, train
+
+    run = Path(args.run) if args.run else None
+    prepared = args.prepared or (run / "prepared" if run else None)
+    tok_dir = args.tokenizer or (run / "teacher" if run else None)
+    rat_dir = args.rationales or (run / "rationales" if run else None)
+    if not (prepared and tok_dir and rat_dir):
+        p.error("give --run or all of --prepared, --tokenizer, --rationales")
+    data = load_prepared_cache(prepared)
+    tok = load_tokenizer(tok_dir)
+    cache = load_rationale_cache(rat_dir)
+    base = _student_config(args.config, args.overrides)
+    if "test" not in data:
+        raise SystemExit(f"{prepared}: no test split to score on")
+
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    t0 = time.time()
+    for name, weights in VARIANTS.items():
+        loss = dataclasses.replace(base.loss, **weights)
+        for seed in args.seeds:
+            cfg = dataclasses.replace(base, loss=loss, seed=seed, save_every=0)
+            out_dir = Path(args.work) / name.replace(" ", "_").replace("+", "plus") / f"seed{seed}"
+            train(cfg, out_dir, data, tok, cache if cfg.needs_rationales else None,
+                  tokenizer_dir=tok_dir, rationale_path=rat_dir, seed=seed)
+            row = _score(out_dir, data["test"], with_reports=bool(loss.rep or loss.kd), batch_size=cfg.batch_size)
+            results[name].append(row)
+            print(f"  {name:<22} seed {seed}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+
+    summary = {}
+    for name, rows in results.items():
+        summary[name] = {k: _mean_sd([r.get(k, math.nan) for r in rows]) for k in ("micro_auc", "macro_auc", "f1_micro", "f1_macro")}
+    n_seeds = len(args.seeds)
+    print(f"\nstudent quality on {prepared} test split ({len(data['test'])} studies), mean ± sd over {n_seeds} seed(s) "
+          f"{args.seeds}; label F1 = chexpert_rules_f1 (rule-based labeler), micro/macro over 14")
+    head = f"{'student':<22}{'micro-AUC':>18}{'macro-AUC':>18}{'F1 micro':>18}{'F1 macro':>18}"
+    print(head)
+    for name, s in summary.items():
+        cells = "".join(f"{'n/a':>18}" if math.isnan(m) else f"{m:>11.4f} ± {sd:.3f}" for m, sd in s.values())
+        print(f"{name:<22}{cells}")
+    d, r = summary["+ distillation"], summary["+ report"]
+    f1_gain = d["f1_micro"][0] - r["f1_micro"][0]
+    auc_change = d["micro_auc"][0] - r["micro_auc"][0]
+    verdict = {"f1_micro_gain_over_report": f1_gain, "micro_auc_change_over_report": auc_change,
+               "beats_on_f1": bool(f1_gain > 0), "keeps_micro_auc": bool(auc_change >= 0)}
+    print(f"distillation vs + report: label F1 micro {f1_gain:+.4f}, micro-AUC {auc_change:+.4f} "
+          f"-> {'PASS' if verdict['beats_on_f1'] and verdict['keeps_micro_auc'] else 'FAIL'} ({n_seeds} seeds)")
+    blob = {"data": str(prepared), "rationales": str(rat_dir), "seeds": args.seeds, "test_studies": len(data["test"]),
+            "config": cfglib.to_dict(base), "per_seed": results,
+            "summary": {k: {m: {"mean": v[0], "sd": v[1]} for m, v in s.items()} for k, s in summary.items()},
+            "verdict": verdict, "wall_s": round(time.time() - t0, 1)}
+    cfglib.write_text_atomic(args.out, json.dumps(blob, indent=2, default=str) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
