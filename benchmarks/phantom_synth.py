@@ -56,7 +56,6 @@ def _parts(n: int, size: int, out: Path, repeat: int) -> dict[str, float]:
     plan_studies(cfg, know)  # calibrates the sampler once per process (cached)
     plans = plan_studies(cfg, know)
     render_study(plans[0].findings, size=size, seed=0)  # warm the per-size grid cache
-    (out / "rois").mkdir(parents=True, exist_ok=True)
 
     def render():
         for p in plans:
@@ -67,9 +66,13 @@ def _parts(n: int, size: int, out: Path, repeat: int) -> dict[str, float]:
         for p in plans:
             write_report(p, know, np.random.default_rng([p.seed, 4]))
 
+    runs = iter(range(10**6))
+
     def whole():
+        target = out / f"run{next(runs)}"
+        (target / "rois").mkdir(parents=True)
         for p in plans:
-            make_study(p, cfg, out)
+            make_study(p, cfg, target)
 
     _, t_plan = _best(lambda: plan_studies(cfg, know), repeat)
     _, t_render = _best(render, repeat)
@@ -86,9 +89,10 @@ def _parts(n: int, size: int, out: Path, repeat: int) -> dict[str, float]:
 def _end_to_end(n: int, size: int, workers: int, out: Path, repeat: int) -> dict[str, float]:
     cfg = PhantomConfig(n_studies=n, seed=0, image_size=size, corpus_mb=0, workers=workers)
     summary = {}
+    runs = iter(range(10**6))
 
-    def run():
-        summary.update(synthesize(cfg, out))
+    def run():  # a fresh folder each time: clearing a previous tree is not the generator's cost
+        summary.update(synthesize(cfg, out / f"run{next(runs)}"))
 
     wall, cpu = _best(run, repeat)
     return {"wall_s": wall, "studies_per_s": n / wall,

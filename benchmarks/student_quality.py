@@ -68,6 +68,39 @@ def _score(model_dir: Path, test, with_reports: bool, batch_size: int) -> dict[s
     return row
 
 
+def corpus_stand_in(data_root: str | Path, prepared, seed: int = 0):
+    """NOT the teacher: a rationale Dataset made of the phantom corpus's own rationale documents,
+    one per study whose positive-finding set a document explains (no embeddings, so no feature KD).
+    For measuring the machinery before the teacher's cache exists; results are labelled STAND-IN."""
+    import datasets
+
+    from kdistill.labels import FINDINGS
+
+    path = Path(data_root) / "corpus" / "corpus.jsonl"
+    by_set: dict[frozenset, list[str]] = {}
+    for line in path.read_text().splitlines():
+        doc = json.loads(line)
+        if doc.get("kind") == "rationale":
+            by_set.setdefault(frozenset(doc.get("findings") or ()), []).append(doc["text"])
+    rng = np.random.default_rng(seed)
+    rows = {"study_id": [], "prompt": [], "rationale": [], "teacher_id": [], "gen_config_hash": [],
+            "embedding": [], "consistent": []}
+    for split in prepared.values():
+        for sid, labels in zip(split["study_id"], split["labels"]):
+            pos = frozenset(FINDINGS[i] for i, v in enumerate(labels) if v == 1 and FINDINGS[i] != "No Finding")
+            if pos not in by_set:
+                continue
+            texts = by_set[pos]
+            rows["study_id"].append(sid)
+            rows["prompt"].append("")
+            rows["rationale"].append(texts[int(rng.integers(len(texts)))])
+            rows["teacher_id"].append("stand-in:phantom-corpus")
+            rows["gen_config_hash"].append("")
+            rows["embedding"].append(None)
+            rows["consistent"].append(True)
+    return datasets.Dataset.from_dict(rows)
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     v = [x for x in values if x is not None and not math.isnan(x)]
     if not v:
@@ -82,6 +115,9 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer")
     p.add_argument("--rationales")
     p.add_argument("--config", help="YAML with the student settings (a run config or a bare student section)")
+    p.add_argument("--stand-in-corpus", metavar="DATA_ROOT",
+                   help="NO TEACHER: use the phantom corpus's rationale texts matched to each study's findings "
+                        "as the rationale cache (feature KD off); results are labelled STAND-IN")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--work", default="runs/bench_student_quality", help="where the students are trained")
     p.add_argument("--out", default="benchmarks/results/student_quality.json")
@@ -97,12 +133,18 @@ def main(argv=None) -> int:
     prepared = args.prepared or (run / "prepared" if run else None)
     tok_dir = args.tokenizer or (run / "teacher" if run else None)
     rat_dir = args.rationales or (run / "rationales" if run else None)
-    if not (prepared and tok_dir and rat_dir):
-        p.error("give --run or all of --prepared, --tokenizer, --rationales")
+    stand_in = bool(args.stand_in_corpus)
+    if not (prepared and tok_dir and (rat_dir or stand_in)):
+        p.error("give --run or all of --prepared, --tokenizer, --rationales (or --stand-in-corpus)")
     data = load_prepared_cache(prepared)
     tok = load_tokenizer(tok_dir)
-    cache = load_rationale_cache(rat_dir)
     base = _student_config(args.config, args.overrides)
+    if stand_in:
+        cache, rat_dir = corpus_stand_in(args.stand_in_corpus, data), None
+        base = dataclasses.replace(base, loss=dataclasses.replace(base.loss, emb=0.0))
+        print("STAND-IN: rationales are the phantom corpus's own texts, not the teacher's; feature KD is off")
+    else:
+        cache = load_rationale_cache(rat_dir)
     if "test" not in data:
         raise SystemExit(f"{prepared}: no test split to score on")
 
@@ -114,7 +156,7 @@ def main(argv=None) -> int:
             cfg = dataclasses.replace(base, loss=loss, seed=seed, save_every=0)
             out_dir = Path(args.work) / name.replace(" ", "_").replace("+", "plus") / f"seed{seed}"
             train(cfg, out_dir, data, tok, cache if cfg.needs_rationales else None,
-                  tokenizer_dir=tok_dir, rationale_path=rat_dir, seed=seed)
+                  tokenizer_dir=None if stand_in else tok_dir, rationale_path=rat_dir, seed=seed)
             row = _score(out_dir, data["test"], with_reports=bool(loss.rep or loss.kd), batch_size=cfg.batch_size)
             results[name].append(row)
             print(f"  {name:<22} seed {seed}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
@@ -123,7 +165,8 @@ def main(argv=None) -> int:
     for name, rows in results.items():
         summary[name] = {k: _mean_sd([r.get(k, math.nan) for r in rows]) for k in ("micro_auc", "macro_auc", "f1_micro", "f1_macro")}
     n_seeds = len(args.seeds)
-    print(f"\nstudent quality on {prepared} test split ({len(data['test'])} studies), mean ± sd over {n_seeds} seed(s) "
+    label = "STAND-IN rationales (phantom corpus, no teacher, no feature KD): " if stand_in else ""
+    print(f"\n{label}student quality on {prepared} test split ({len(data['test'])} studies), mean ± sd over {n_seeds} seed(s) "
           f"{args.seeds}; label F1 = chexpert_rules_f1 (rule-based labeler), micro/macro over 14")
     head = f"{'student':<22}{'micro-AUC':>18}{'macro-AUC':>18}{'F1 micro':>18}{'F1 macro':>18}"
     print(head)
@@ -137,7 +180,7 @@ def main(argv=None) -> int:
                "beats_on_f1": bool(f1_gain > 0), "keeps_micro_auc": bool(auc_change >= 0)}
     print(f"distillation vs + report: label F1 micro {f1_gain:+.4f}, micro-AUC {auc_change:+.4f} "
           f"-> {'PASS' if verdict['beats_on_f1'] and verdict['keeps_micro_auc'] else 'FAIL'} ({n_seeds} seeds)")
-    blob = {"data": str(prepared), "rationales": str(rat_dir), "seeds": args.seeds, "test_studies": len(data["test"]),
+    blob = {"data": str(prepared), "rationales": "STAND-IN: phantom corpus rationale texts" if stand_in else str(rat_dir), "seeds": args.seeds, "test_studies": len(data["test"]),
             "config": cfglib.to_dict(base), "per_seed": results,
             "summary": {k: {m: {"mean": v[0], "sd": v[1]} for m, v in s.items()} for k, s in summary.items()},
             "verdict": verdict, "wall_s": round(time.time() - t0, 1)}

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         tok = make_tokenizer(prep)
         rat = make_rationales(prep)
         source = f"synthetic n={args.n} size={args.size}"
-    index = rationale_index(rat)
+    index, _ = rationale_index(rat)
     mcfg = cfglib.from_dict(StudentConfig, json.loads(args.model))
     spec = TokenSpec(tok, mcfg.report_prefix, mcfg.rationale_prefix)
     ds = StudyDataset(prep["train"], spec, index)

@@ -25,6 +25,7 @@ class StudentConfig:
     text_layers: int = 1
     multimodal_layers: int = 2
     max_text_len: int = 96
+    decoder_reads_findings: bool = True  # finding-query states in the decoder's memory
     # Section order of the report the student writes. Impression first: the label-dense summary
     # survives when a long report is cut at max_text_len.
     report_order: Literal["impression_first", "findings_first"] = "impression_first"

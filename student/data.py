@@ -96,19 +96,25 @@ def check_rationale_tokenizer(cache_path: str | Path | None, tokenizer_dir: str 
     return "+".join(checks) or "unverified"
 
 
-def rationale_index(cache) -> dict[str, tuple[str, np.ndarray | None]]:
-    """study_id -> (rationale, embedding). A study with several rows keeps its first consistent one."""
-    has_consistent = "consistent" in cache.column_names
+def rationale_index(cache, consistent_only: bool = True) -> tuple[dict[str, tuple[str, np.ndarray | None]], int]:
+    """study_id -> (rationale, embedding), and how many studies were left out as inconsistent.
+
+    A study with several rows keeps its first consistent one. With ``consistent_only`` a study whose
+    rationales all disagree with its labels (``consistent`` False) gets none: distilling a
+    rationale that contradicts the labels would teach the contradiction.
+    """
+    has_flag = "consistent" in cache.column_names
     cols = cache.select_columns([c for c in ("study_id", "rationale", "embedding", "consistent") if c in cache.column_names])
     out: dict[str, tuple[str, np.ndarray | None, bool]] = {}
     for row in cols:
         sid = str(row["study_id"])
-        ok = bool(row["consistent"]) if has_consistent else True
+        ok = bool(row["consistent"]) if has_flag else True
         if sid in out and (out[sid][2] or not ok):
             continue
         emb = None if row["embedding"] is None else np.asarray(row["embedding"], dtype=np.float32)
         out[sid] = (row["rationale"] or "", emb, ok)
-    return {k: (v[0], v[1]) for k, v in out.items()}
+    dropped = sum(1 for v in out.values() if not v[2]) if consistent_only else 0
+    return {k: (v[0], v[1]) for k, v in out.items() if v[2] or not consistent_only}, dropped
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -171,6 +177,13 @@ class StudyDataset(torch.utils.data.Dataset):
     @property
     def has_rationale(self) -> np.ndarray:
         return np.array([t is not None for t in self.rationale_tokens], dtype=bool)
+
+    def count_wrong_size(self, size: tuple[int, int]) -> int | None:
+        """Studies whose image is not ``size`` (they are resized on the fly); None when the split is
+        read from disk row by row (then only the per-read count of training is known)."""
+        if self._images is None:
+            return None
+        return sum(1 for a in self._images if tuple(a.shape[-2:]) != tuple(size))
 
     def image(self, i: int) -> np.ndarray:
         return self._images[i] if self._images is not None else _pixels(self._images_arrow[i]["image"])
@@ -269,8 +282,9 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.n
 
 
-def coverage(ds: StudyDataset) -> dict[str, Any]:
-    """How many studies of a split have a rationale (for metrics.json and the log)."""
+def coverage(ds: StudyDataset, inconsistent_in_cache: int = 0) -> dict[str, Any]:
+    """How many studies of a split have a rationale (for metrics.json and the log); the missing
+    include those whose only rationales were inconsistent (counted over the whole cache)."""
     missing = ds.missing_rationales
     return {"studies": len(ds), "with_rationale": len(ds) - len(missing), "missing_rationale": len(missing),
-            "missing_examples": missing[:5]}
+            "missing_examples": missing[:5], "inconsistent_left_out_in_cache": inconsistent_in_cache}

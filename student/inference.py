@@ -44,7 +44,7 @@ def predict(model, images, batch_size: int = 32, max_new_tokens: int = 64, texts
             x, _ = to_float_images(chunk, model.image_size)
             x = x.to(device)
             tokens = model.encode_image(x)
-            logits, m = model.classify(tokens)
+            logits, m, _ = model.classify(tokens)
             probs.append(torch.sigmoid(logits.float()).cpu())
             maps.append(F.interpolate(m.float(), size=out_size, mode="bilinear", align_corners=False).cpu())
             if texts:

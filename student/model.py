@@ -143,8 +143,9 @@ class FindingQueryDecoder(nn.Module):
         attn = None
         for layer in self.layers:
             q, attn = layer(q, kv)
-        logits = (self.norm(q) * self.class_weight).sum(-1) + self.class_bias
-        return logits, attn  # (B, C), (B, C, N)
+        states = self.norm(q)
+        logits = (states * self.class_weight).sum(-1) + self.class_bias
+        return logits, attn, states  # (B, C), (B, C, N), (B, C, width)
 
 
 # ----------------------------------------------------------------------------- report decoder
@@ -158,6 +159,9 @@ class ReportDecoder(nn.Module):
 
         w = cfg.decoder_width
         self.image_proj = nn.Sequential(nn.Linear(image_dim, w), nn.LayerNorm(w))
+        # The finding queries' final states join the patch tokens in the decoder's memory, so the
+        # report is written from the same evidence the 14 heads classify on.
+        self.finding_proj = nn.Sequential(nn.Linear(cfg.head_width, w), nn.LayerNorm(w)) if cfg.decoder_reads_findings else None
         self.text = TextTransformer(
             context_length=cfg.max_text_len, vocab_size=vocab_size, width=w, heads=cfg.decoder_heads,
             layers=cfg.text_layers, output_dim=None, proj_type="none", pool_type="last", output_tokens=True,
@@ -172,8 +176,11 @@ class ReportDecoder(nn.Module):
         self.lm_head = nn.Linear(w, vocab_size, bias=False)
         nn.init.normal_(self.lm_head.weight, std=w**-0.5)
 
-    def image_memory(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        return self.image_proj(image_tokens)
+    def image_memory(self, image_tokens: torch.Tensor, finding_states: torch.Tensor | None = None) -> torch.Tensor:
+        memory = self.image_proj(image_tokens)
+        if self.finding_proj is not None:
+            memory = torch.cat([memory, self.finding_proj(finding_states)], dim=1)
+        return memory
 
     def hidden(self, memory: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         # TextTransformer.forward applies its full-context causal mask to any length (3.3), so the
@@ -226,9 +233,10 @@ class StudentModel(nn.Module):
         )
         return out["image_intermediates"][-1]
 
-    def classify(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, attn = self.heads(tokens)
-        return logits, attn.reshape(attn.shape[0], attn.shape[1], *self.grid)
+    def classify(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Patch tokens -> finding logits (B, 14), maps (B, 14, h, w), query states (B, 14, width)."""
+        logits, attn, states = self.heads(tokens)
+        return logits, attn.reshape(attn.shape[0], attn.shape[1], *self.grid), states
 
     # --- training forward
 
@@ -242,11 +250,11 @@ class StudentModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Teacher-forced pass. ``*_ids`` are full sequences (B, L); logits predict ids[:, 1:]."""
         tokens = self.encode_image(images)
-        logits, maps = self.classify(tokens)
+        logits, maps, states = self.classify(tokens)
         out = {"logits": logits, "maps": maps}
         if report_ids is None and rationale_ids is None:
             return out
-        memory = self.decoder.image_memory(tokens)
+        memory = self.decoder.image_memory(tokens, states)
         if report_ids is not None:
             out["report_logits"] = self.decoder.lm_head(self.decoder.hidden(memory, report_ids[:, :-1]))
         if rationale_ids is not None:
@@ -266,7 +274,7 @@ class StudentModel(nn.Module):
     def generate(self, tokens: torch.Tensor, task: str, max_new_tokens: int = 64) -> list[str]:
         """Greedy decoding from the task prompt, from patch tokens (B, N, width)."""
         spec = self.tokens
-        memory = self.decoder.image_memory(tokens)
+        memory = self.decoder.image_memory(tokens, self.classify(tokens)[2])
         prompt = torch.tensor(spec.prompts[task], device=tokens.device)
         ids = prompt.unsqueeze(0).expand(tokens.shape[0], -1).clone()
         done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)

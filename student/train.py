@@ -66,6 +66,7 @@ class StageConfig:
     num_workers: int = 0
     num_threads: int = 0  # CPU threads per process; 0: the cores divided among the processes
     require_rationales: bool = False  # fail when a training study has no rationale (else count, train on)
+    consistent_rationales_only: bool = True  # leave out rationales the labeler finds inconsistent
     max_eval_batches: int | None = None
     cpu: bool = False
     tensorboard: bool = True  # used when tensorboard is installed
@@ -256,17 +257,17 @@ def _build_data(cfg: StageConfig, prepared, tokenizer, rationales, tokenizer_dir
     for split in ("train", "validate"):
         if split not in prepared:
             raise DataError(None, f"the prepared cache has no '{split}' split (has {list(prepared)})")
-    rat_index, tok_check, model_cfg = None, "not used", dataclasses.replace(cfg.model)
+    rat_index, tok_check, model_cfg, inconsistent = None, "not used", dataclasses.replace(cfg.model), 0
     if cfg.needs_rationales:
         if rationales is None:
             raise DataError(rationale_path, "w_kd or w_emb > 0 needs the teacher's rationale cache")
         tok_check = check_rationale_tokenizer(rationale_path, tokenizer_dir, tokenizer, rationales)
-        rat_index = rationale_index(rationales)
+        rat_index, inconsistent = rationale_index(rationales, cfg.consistent_rationales_only)
     spec = TokenSpec(tokenizer, model_cfg.report_prefix, model_cfg.rationale_prefix)
     order = model_cfg.report_order
     train_ds = StudyDataset(prepared["train"], spec, rat_index, cfg.uncertain, cfg.blank, "train", order)
     val_ds = StudyDataset(prepared["validate"], spec, rat_index, cfg.uncertain, cfg.blank, "validate", order)
-    cover = coverage(train_ds) if rat_index is not None else None
+    cover = coverage(train_ds, inconsistent) if rat_index is not None else None
     if cover and cover["missing_rationale"]:
         msg = (f"{cover['missing_rationale']} of {cover['studies']} training studies have no rationale "
                f"(e.g. {', '.join(cover['missing_examples'])})")
@@ -322,6 +323,9 @@ def train(
                               f"({cfg.batch_size} x {accelerator.num_processes} processes)")
 
     model = create_student(model_cfg, tokenizer)
+    wrong_size = {name: ds.count_wrong_size(model.image_size) for name, ds in (("train", train_ds), ("validate", val_ds))}
+    if any(wrong_size.values()):
+        log.warning("images not %dx%d are resized on the fly: %s", *model.image_size, wrong_size)
     collate = Collate(model.tokens, model.image_size, model_cfg.max_text_len, cfg.needs_rationales)
     sampler = EpochSampler(len(train_ds), seed)
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
@@ -461,7 +465,8 @@ def train(
         "select_metric": cfg.select_metric,
         "validation": {k: best_val.get(k) for k in ("loss", "micro_auc", "macro_auc", "auc_findings")},
         "train_images_seen": state.images,
-        "resized_images": resized,
+        "resized_images": wrong_size,  # distinct studies per split whose image was not the model's size
+        "resized_image_reads": resized,  # resize operations during training (every pass)
         "rationales": cover,
         "tokenizer_check": tok_check,
         "num_processes": accelerator.num_processes,

@@ -6,11 +6,13 @@ prompt -> rationale pairs through the same template generation uses (``teacher.p
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from kdistill.errors import DataError
 from kdistill.labels import FINDINGS
@@ -70,21 +72,93 @@ def split_holdout(docs: list[dict[str, Any]], fraction: float, seed: int) -> tup
 def pair_examples(docs: list[dict[str, Any]], seed: int, copies: int = 1) -> list[Example]:
     """Prompt -> rationale pairs from the rationale docs.
 
-    Corpus docs have no report, so the pair's "Report:" is either empty or another doc's text:
-    the teacher learns that the rationale follows the Findings line, not whatever the report
-    says (at generation the report is real but the labels are what the rationale must match).
+    Corpus docs have no report, so a pair's "Report:" is either empty or a short one written
+    from the doc's findings the way a radiology report states them: the findings with their
+    attributes plus a few negated other findings ("No pneumothorax."). The negations matter: a
+    real report names findings the study does not have, and a teacher that learned "a finding
+    named in the report gets a rationale" writes about them. (A random other doc as the report
+    was worse still: the teacher followed the wrong text.)
     """
     rng = random.Random(seed)
-    rationales = [d for d in docs if d.get("kind") == "rationale"]
     out = []
     for _ in range(copies):
-        for doc in rationales:
-            report = "" if rng.random() < 0.5 or len(rationales) < 2 else rng.choice(rationales)["text"]
+        for doc in docs:
+            if doc.get("kind") != "rationale":
+                continue
+            report = pseudo_report(doc, rng) if rng.random() < 0.7 else ""
             # The target keeps its leading space: byte-level BPE then splits prompt and target
             # exactly as at generation, where the model continues right after "Rationale:".
             out.append(Example(format_prompt(doc_mentions(doc), report), " " + doc["text"].strip()))
     return out
 
 
+def pseudo_report(doc: dict[str, Any], rng: random.Random | None = None) -> str:
+    """A minimal report: the doc's findings with their attributes, then (given ``rng``) one to
+    three negated findings it does not have."""
+    attributes = doc.get("attributes") or {}
+    sentences = []
+    for name in doc.get("findings") or []:
+        attr = attributes.get(name) or {}
+        words = [attr.get("severity"), attr.get("laterality"), name.lower()]
+        sentences.append(" ".join(w for w in words if w).capitalize() + ".")
+    if rng is not None:
+        absent = [f for f in FINDINGS if f not in (doc.get("findings") or []) and f != "No Finding"]
+        negated = [f"No {name.lower()}." for name in rng.sample(absent, min(len(absent), rng.randint(1, 3)))]
+        sentences = sentences + negated
+        rng.shuffle(sentences)
+    body = " ".join(sentences) or "The lungs are clear."
+    return f"FINDINGS: {body}"
+
+
 def text_examples(docs: list[dict[str, Any]], kinds: tuple[str, ...] = KINDS) -> list[Example]:
     return [Example("", d["text"].strip()) for d in docs if d.get("kind", "textbook") in kinds]
+
+
+def corpus_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def drop_inconsistent(docs: list[dict[str, Any]], label_fn, corpus_path: str | Path,
+                      check_files: Sequence[Path] = (), write_to: Path | None = None) -> tuple[list, dict]:
+    """Rationale docs whose own text the labeler reads differently from their ``findings``
+    (e.g. a "causes include congestive heart failure" sentence read as Edema) are dropped, so the
+    teacher does not learn to write rationales its checker will flag. Textbook docs stay.
+
+    The verdicts are saved (``corpus_check.json``: corpus hash + dropped doc indices) and reused
+    from any of ``check_files`` made for the same corpus, so pretrain and train label it once.
+    Returns (kept docs, counts).
+    """
+    digest = corpus_digest(corpus_path)
+    dropped: list[int] | None = None
+    for path in check_files:
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("corpus_sha256") == digest and saved.get("n_docs") == len(docs):
+                dropped = saved["dropped"]
+                break
+    if dropped is None:
+        from kdistill.labels import FINDING_INDEX
+        from teacher.consistency import is_consistent
+
+        idx = [i for i, d in enumerate(docs) if d.get("kind") == "rationale"]
+        labels = label_fn([docs[i]["text"] for i in idx]) if idx else []
+        dropped = []
+        for i, lab in zip(idx, labels):
+            truth = [math.nan] * len(FINDINGS)
+            for name in docs[i].get("findings") or []:
+                truth[FINDING_INDEX[name]] = 1.0
+            if not is_consistent(lab, truth):
+                dropped.append(i)
+    if write_to is not None:
+        from kdistill.config import write_text_atomic
+
+        write_text_atomic(write_to, json.dumps({"corpus": str(corpus_path), "corpus_sha256": digest,
+                                                "n_docs": len(docs), "dropped": dropped}) + "\n")
+    gone = set(dropped)
+    n_rationale = sum(d.get("kind") == "rationale" for d in docs)
+    counts = {"rationale_docs": n_rationale, "dropped_inconsistent": len(gone)}
+    return [d for i, d in enumerate(docs) if i not in gone], counts

@@ -25,6 +25,7 @@ from kdistill import config as cfglib
 from kdistill.errors import DataError
 from teacher import corpus as corpuslib
 from teacher import lm_data
+from teacher.consistency import default_label_fn
 from teacher.modeling import SPECIAL_TOKENS, build_llama, count_parameters, resolve_config
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class StageConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.01
     pair_copies: int = 1  # times each prompt -> rationale pair is mixed in
+    filter_inconsistent: bool = True  # drop rationale docs the labeler reads against their findings
     eval_fraction: float = 0.05
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
@@ -75,17 +77,28 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path | None = No
     return tok
 
 
-def pretrain(cfg: StageConfig, corpus_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def pretrain(cfg: StageConfig, corpus_path: str | Path, out_dir: str | Path, label_fn=None) -> dict[str, Any]:
+    """Tokenizer + small Llama pretrained on the corpus into ``out_dir``; returns the figures.
+    ``label_fn`` (default: the project's labeler) checks rationale docs when filtering."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    docs = corpuslib.read_corpus(corpus_path)
+    all_docs = corpuslib.read_corpus(corpus_path)
+    docs, check = all_docs, {}
+    if cfg.filter_inconsistent:
+        check_file = out_dir / "corpus_check.json"
+        docs, check = corpuslib.drop_inconsistent(all_docs, label_fn or default_label_fn(), corpus_path,
+                                                  [check_file], write_to=check_file)
+        log.info("corpus check: %d of %d rationale docs dropped (the labeler reads them against their findings)",
+                 check["dropped_inconsistent"], check["rationale_docs"])
     train_docs, eval_docs = corpuslib.split_holdout(docs, cfg.eval_fraction, cfg.seed)
+    # Rationale docs enter as pair targets (conditioned on their prompt), textbook docs as text:
+    # the model learns the language and, above all, which rationale a findings line asks for.
     pairs = corpuslib.pair_examples(train_docs, cfg.seed, copies=cfg.pair_copies)
-    texts = corpuslib.text_examples(train_docs)
-    tok = train_tokenizer([d["text"] for d in docs] + [p.prompt for p in pairs], cfg.vocab_size, out_dir)
+    texts = corpuslib.text_examples(train_docs, kinds=("textbook",))
+    tok = train_tokenizer([d["text"] for d in all_docs] + [p.prompt for p in pairs], cfg.vocab_size, out_dir)
     model = build_llama(resolve_config(cfg.model_config), len(tok), tok)
     model.config.max_position_embeddings = max(model.config.max_position_embeddings, cfg.max_length)
     n_params = count_parameters(model)
@@ -93,7 +106,8 @@ def pretrain(cfg: StageConfig, corpus_path: str | Path, out_dir: str | Path) -> 
              n_params / 1e6, len(tok), len(texts), len(pairs), cfg.steps)
 
     rows = lm_data.encode(texts + pairs, tok, cfg.max_length)
-    eval_rows = lm_data.encode(corpuslib.text_examples(eval_docs), tok, cfg.max_length)
+    eval_rows = lm_data.encode(corpuslib.text_examples(eval_docs, kinds=("textbook",))
+                               + corpuslib.pair_examples(eval_docs, cfg.seed + 1), tok, cfg.max_length)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lm_data.warmup_cosine(cfg.warmup_steps, cfg.steps))
     model.train()
@@ -122,6 +136,7 @@ def pretrain(cfg: StageConfig, corpus_path: str | Path, out_dir: str | Path) -> 
         "vocab_size": len(tok),
         "docs": len(texts),
         "pairs": len(pairs),
+        **check,
         "steps": cfg.steps,
         "first_loss": None if first_loss is None else round(first_loss, 4),
         "final_loss": round(loss_value, 4) if cfg.steps else None,

@@ -33,6 +33,7 @@ from kdistill import config as cfglib
 from kdistill.errors import DataError
 from teacher import corpus as corpuslib
 from teacher import lm_data
+from teacher.consistency import default_label_fn
 from teacher.modeling import adapter_hash, check_model_path, is_local, load_causal_lm, load_tokenizer, lora_targets
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class StageConfig:
     warmup_steps: int = 20
     max_length: int = 256
     pair_copies: int = 2  # prompt -> rationale pairs per rationale doc
+    filter_inconsistent: bool = True  # drop rationale docs the labeler reads against their findings
     eval_fraction: float = 0.05
     eval_every: int = 0  # 0: eval at start and end only
     checkpoint_every: int = 100  # 0: never
@@ -72,7 +74,10 @@ class StageConfig:
             raise ValueError("lora_r must be >= 1")
 
 
-def train(cfg: StageConfig, base: str | Path, corpus_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def train(cfg: StageConfig, base: str | Path, corpus_path: str | Path, out_dir: str | Path,
+          label_fn=None) -> dict[str, Any]:
+    """LoRA adapter + tokenizer + teacher.json into ``out_dir``; returns the figures (main process).
+    ``label_fn`` (default: the project's labeler) checks rationale docs when filtering."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from peft import LoraConfig, get_peft_model
@@ -85,6 +90,11 @@ def train(cfg: StageConfig, base: str | Path, corpus_path: str | Path, out_dir: 
     docs = corpuslib.read_corpus(corpus_path)
     if not any(d.get("kind") == "rationale" for d in docs):
         raise DataError(corpus_path, "corpus has no rationale docs to adapt the teacher on")
+    check: dict[str, int] = {}
+    if cfg.filter_inconsistent:  # reuses the pretrain stage's verdicts when it saw this corpus
+        reuse = [Path(base) / "corpus_check.json"] if is_local(base) else []
+        docs, check = corpuslib.drop_inconsistent(docs, label_fn or default_label_fn(), corpus_path,
+                                                  reuse + [out_dir / "corpus_check.json"])
 
     # --- 1. accelerator, tokenizer, base model, LoRA -------------------------------------
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.dtype, "no") if not cfg.cpu else "no"
@@ -187,6 +197,7 @@ def train(cfg: StageConfig, base: str | Path, corpus_path: str | Path, out_dir: 
             "steps": step,
             "resumed_from_step": resumed_from,
             "trainable_params": trainable,
+            **check,
             "first_train_loss": round(losses[0], 4) if losses else None,
             "final_train_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4) if losses else None,
             "eval_before": first_eval,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import math
 import re
@@ -93,6 +92,7 @@ def test_same_seed_gives_identical_files(tmp_path):
     synthesize(cfg, a)
     synthesize(PhantomConfig(n_studies=30, seed=5, image_size=96, corpus_mb=0.05, workers=2), b)
     files = [*CSV_NAMES, "rois.jsonl", "corpus/corpus.jsonl"]
+    assert json.loads((a / "phantom.json").read_text())["prevalence"] == json.loads((b / "phantom.json").read_text())["prevalence"]
     files += [str(p.relative_to(a)) for p in sorted(a.glob("files/*/*/*/*.jpg"))[:5]]
     files += [str(p.relative_to(a)) for p in sorted(a.glob("files/*/*/*.txt"))[:5]]
     files += [str(p.relative_to(a)) for p in sorted(a.glob("rois/*.png"))[:5]]
@@ -256,9 +256,22 @@ def test_laterality_is_the_patients_side(name):
         result = render_study({name: spec}, size=128, seed=9)
         xs = np.nonzero(np.logical_or.reduce([r.mask for r in result.regions]))[1]
         assert (xs.mean() > 64) == (side == "left"), (name, side)
-    both = render_study({name: FindingSpec("bilateral", "moderate", "lower")}, size=128, seed=9)
     if name in ("Pleural Effusion", "Consolidation", "Atelectasis"):
+        both = render_study({name: FindingSpec("bilateral", "moderate", "lower")}, size=128, seed=9)
         assert {r.part for r in both.regions} == {"left", "right"}
+    else:  # findings.yaml allows no bilateral form
+        with pytest.raises(ValueError, match="laterality"):
+            render_study({name: FindingSpec("bilateral", "moderate", "lower")}, size=128, seed=9)
+
+
+@pytest.mark.parametrize("name", ["Pleural Effusion", "Pneumothorax", "Lung Lesion", "Consolidation", "Edema", "Cardiomegaly"])
+def test_severity_grows_the_region(name):
+    side = "bilateral" if name == "Edema" else "none" if name == "Cardiomegaly" else "right"
+    areas = []
+    for severity in ("small", "moderate", "large"):
+        result = render_study({name: FindingSpec(side, severity, "lower")}, size=128, seed=12)
+        areas.append(sum(int(r.mask.sum()) for r in result.regions if r.finding == name))
+    assert 0 < areas[0] < areas[1] < areas[2], (name, areas)
 
 
 def test_difficulty_lowers_finding_contrast_and_raises_noise():
@@ -370,6 +383,8 @@ def test_stage_config_and_run(tmp_path):
         from_dict(StageConfig, {"phantom": {"n_studie": 3}}, source="demo.yaml", prefix="data")
     with pytest.raises(ConfigError, match="root"):
         from_dict(StageConfig, {"source": "mimic"}, source="demo.yaml", prefix="data")
+    with pytest.raises(ConfigError, match="root"):
+        from_dict(StageConfig, {"source": "phantom", "root": "/data/mimic"}, source="demo.yaml", prefix="data")
     with pytest.raises(ConfigError, match="shortcut_finding"):
         from_dict(StageConfig, {"phantom": {"shortcut_finding": "Nope"}})
     ctx = types.SimpleNamespace(seed=0, stage_dir=lambda name: tmp_path / name)
@@ -379,7 +394,12 @@ def test_stage_config_and_run(tmp_path):
     assert (tmp_path / "data" / CSV_NAMES[1]).is_file()
     with pytest.raises(DataError, match="does not exist"):
         run_stage(from_dict(StageConfig, {"source": "mimic", "root": str(tmp_path / "missing")}), ctx)
+    with pytest.raises(DataError, match="valid.csv"):
+        run_stage(from_dict(StageConfig, {"source": "chexpert", "root": str(tmp_path)}), ctx)
+    (tmp_path / "valid.csv").write_text("Path\n")
     assert run_stage(from_dict(StageConfig, {"source": "chexpert", "root": str(tmp_path)}), ctx) == {"root": str(tmp_path)}
+    # The phantom just written is a MIMIC-layout root.
+    assert run_stage(from_dict(StageConfig, {"source": "mimic", "root": out["root"]}), ctx) == {"root": out["root"]}
 
 
 def test_command_writes_a_dataset(tmp_path, capsys):
@@ -395,3 +415,54 @@ def test_command_writes_a_dataset(tmp_path, capsys):
     assert json.loads((tmp_path / "d" / "phantom.json").read_text())["config"]["difficulty"] == 0.2
     with pytest.raises(ConfigError, match="difficulty"):
         main(["--out", str(tmp_path / "e"), "--quiet", "difficulty=3"])
+
+
+def test_knowledge_file_is_checked(tmp_path):
+    import yaml
+
+    from kdistill.data.phantom.knowledge import FINDINGS_FILE, PHRASES_FILE
+
+    know = load_knowledge()
+    assert tuple(know.findings) == FINDINGS
+    assert all(know[f].names and know[f].location and know[f].signature for f in FINDINGS)
+    data = yaml.safe_load(FINDINGS_FILE.read_text())
+    data["findings"]["Pleural Effusions"] = data["findings"].pop("Pleural Effusion")
+    bad = tmp_path / "findings.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(DataError, match=r"findings\.yaml.*Pleural Effusion"):
+        load_knowledge(str(bad), str(PHRASES_FILE))
+    data = yaml.safe_load(FINDINGS_FILE.read_text())
+    data["findings"]["Cardiomegaly"]["associated"] = {"Edema": 1.0}  # drawn after Cardiomegaly
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(DataError, match="drawn after"):
+        load_knowledge(str(bad), str(PHRASES_FILE))
+
+
+def test_lateral_images_join_pa_studies(tmp_path):
+    synthesize(PhantomConfig(n_studies=20, seed=4, image_size=64, corpus_mb=0, lateral_share=1.0), tmp_path)
+    meta = _read_csv(tmp_path / CSV_NAMES[0])
+    split = _read_csv(tmp_path / CSV_NAMES[2])
+    pa = {m["study_id"] for m in meta if m["ViewPosition"] == "PA"}
+    lateral = [m for m in meta if m["ViewPosition"] == "LATERAL"]
+    assert pa and {m["study_id"] for m in lateral} == pa and len(lateral) == len(pa)
+    assert len(split) == len(meta) and len(_read_csv(tmp_path / CSV_NAMES[1])) == 20
+    for m in lateral:
+        path = tmp_path / f"files/p{m['subject_id'][:2]}/p{m['subject_id']}/s{m['study_id']}/{m['dicom_id']}.jpg"
+        assert Image.open(path).size == (64, 64)
+    lateral_ids = {m["dicom_id"] for m in lateral}
+    assert not any(json.loads(line)["dicom_id"] in lateral_ids for line in (tmp_path / "rois.jsonl").read_text().splitlines())
+
+
+def test_views_option_and_ap_studies_look_different():
+    know = load_knowledge()
+    assert {p.view for p in plan_studies(PhantomConfig(n_studies=50, views=["AP"]), know)} == {"AP"}
+    plans = plan_studies(PhantomConfig(n_studies=2000, seed=1), know)
+    devices = np.array(["Support Devices" in p.findings for p in plans])
+    ap = np.array([p.view == "AP" for p in plans])
+    assert ap[devices].mean() > ap[~devices].mean() + 0.3  # portable AP films: intensive-care patients
+    # Same patient, same findings: the AP film magnifies the heart and is noisier.
+    pa = render_study({}, view="PA", size=256, seed=21)
+    ap_img = render_study({}, view="AP", size=256, seed=21)
+    width = lambda r: np.flatnonzero(r.heart_mask.any(axis=0)).size
+    assert width(ap_img) > width(pa)
+    assert not np.array_equal(pa.image, ap_img.image)

@@ -123,6 +123,14 @@ def test_missing_rationales_are_counted_or_refused(toy, tmp_path):
     assert metrics["rationales"]["with_rationale"] == 13
     with pytest.raises(DataError, match="3 of 16 training studies have no rationale"):
         train(_cfg(max_steps=1, require_rationales=True), tmp_path / "b", prep, tok, partial)
+    # rationales the labeler found inconsistent with the study's labels are left out too (by default)
+    wrong = set(prep["train"]["study_id"][3:5])
+    flagged = partial.map(lambda r: {"consistent": r["study_id"] not in wrong})
+    metrics = train(_cfg(max_steps=1), tmp_path / "c", prep, tok, flagged)
+    assert metrics["rationales"]["missing_rationale"] == 5
+    assert metrics["rationales"]["inconsistent_left_out_in_cache"] == 2
+    metrics = train(_cfg(max_steps=1, consistent_rationales_only=False), tmp_path / "d", prep, tok, flagged)
+    assert metrics["rationales"]["missing_rationale"] == 3
 
 
 def test_a_cache_made_for_another_tokenizer_is_refused(toy, tmp_path):
@@ -246,3 +254,11 @@ def test_command_line_trains_from_folders_with_yaml_and_overrides(toy, tmp_path,
     assert "val micro-AUC" in capsys.readouterr().out
     with pytest.raises(cfglib.ConfigError, match="max_step"):
         train_mod.main(["--prepared", "x", "--tokenizer", "y", "--out", "z", "max_step=2"])
+
+
+def test_images_of_the_wrong_size_are_resized_and_counted(toy, tmp_path):
+    _, tok, _ = toy
+    prep = make_prepared(16, 8, size=40)  # the model takes 32x32
+    metrics = train(_cfg(max_steps=2, loss={"kd": 0, "emb": 0}), tmp_path, prep, tok, None)
+    assert metrics["resized_images"] == {"train": 16, "validate": 8}
+    assert metrics["resized_image_reads"] == 2 * 8

@@ -43,7 +43,7 @@ def teacher_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher_gen")
     corpus = write_toy_corpus(root / "corpus.jsonl", n_rationale=150)
     pretrain(PretrainConfig(model_config="llama_tiny", steps=150, batch_size=16, lr=1e-2, warmup_steps=10),
-             corpus, root / "base")
+             corpus, root / "base", label_fn=stub_label_reports)
     train(TrainConfig(steps=20, batch_size=16, lr=5e-3, lora_r=4, lora_alpha=8, checkpoint_every=0, cpu=True),
           root / "base", corpus, root / "teacher")
     return root / "teacher"

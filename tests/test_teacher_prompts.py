@@ -108,11 +108,28 @@ def test_pairs_put_the_rationale_after_the_marker_with_its_leading_space():
     docs = [{"kind": "rationale", "text": "Signs indicate effusion.", "findings": ["Pleural Effusion"],
              "attributes": {}},
             {"kind": "textbook", "text": "Fluid collects at the base.", "findings": [], "attributes": {}}]
-    pairs = corpuslib.pair_examples(docs, seed=0, copies=2)
-    assert len(pairs) == 2  # textbook docs make no pairs
+    pairs = corpuslib.pair_examples(docs, seed=0, copies=8)
+    assert len(pairs) == 8  # textbook docs make no pairs
+    reports = set()
     for pair in pairs:
         assert pair.prompt.endswith("Findings: Pleural Effusion\nRationale:")
         assert pair.target == " Signs indicate effusion."
+        reports.add(pair.prompt.splitlines()[0])
+    # the pair's report is empty or states the doc's own finding (+ negated others), never another doc's
+    assert "Report: none." in reports and len(reports) > 2
+    for report in reports - {"Report: none."}:
+        sentences = report.removeprefix("Report: FINDINGS: ").split(". ")
+        positive = [x for x in sentences if not x.startswith("No ")]
+        assert [x.rstrip(".") for x in positive] == ["Pleural effusion"]
+        assert 1 <= len(sentences) - len(positive) <= 3 and "No pleural effusion" not in report
+
+
+def test_pseudo_report_states_findings_with_attributes():
+    doc = {"findings": ["Cardiomegaly", "Pleural Effusion"],
+           "attributes": {"Pleural Effusion": {"laterality": "left", "severity": "small"},
+                          "Cardiomegaly": {"laterality": None, "severity": "large"}}}
+    assert corpuslib.pseudo_report(doc) == "FINDINGS: Large cardiomegaly. Small left pleural effusion."
+    assert corpuslib.pseudo_report({"findings": []}) == "FINDINGS: The lungs are clear."
 
 
 def test_holdout_split_is_disjoint_and_never_empty():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_teacher_toy import write_toy_corpus  # noqa: E402
+from test_teacher_toy import stub_label_reports, write_toy_corpus  # noqa: E402
 
 from kdistill.errors import DataError  # noqa: E402
 from teacher import modeling  # noqa: E402
@@ -27,7 +27,7 @@ def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher_train")
     corpus = write_toy_corpus(root / "corpus.jsonl", n_rationale=100)
     result = pretrain(PretrainConfig(model_config="llama_tiny", steps=60, batch_size=16, lr=1e-2, warmup_steps=5),
-                      corpus, root / "base")
+                      corpus, root / "base", label_fn=stub_label_reports)
     return {"root": root, "corpus": corpus, "base": root / "base", "pretrain": result}
 
 
@@ -149,3 +149,31 @@ def test_lora_targets_per_family_and_all_linear_fallback():
     assert modeling.lora_targets(gpt2) == ["c_attn", "c_proj", "c_fc"]
     gpt2.config.model_type = "somethingnew"
     assert modeling.lora_targets(gpt2) == "all-linear"
+
+
+def test_rationale_docs_the_labeler_reads_otherwise_are_dropped_once(tmp_path):
+    from teacher import corpus as corpuslib
+
+    docs = [
+        {"kind": "rationale", "text": "Meniscus: pleural effusion.", "findings": ["Pleural Effusion"]},
+        {"kind": "rationale", "text": "Effusion; causes include edema.", "findings": ["Pleural Effusion"]},  # extra
+        {"kind": "rationale", "text": "Wide heart.", "findings": ["Cardiomegaly"]},  # misses its finding
+        {"kind": "rationale", "text": "Clear lungs.", "findings": []},
+        {"kind": "textbook", "text": "Edema and effusion both ...", "findings": []},  # textbook: kept
+    ]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    check = tmp_path / "corpus_check.json"
+    kept, counts = corpuslib.drop_inconsistent(docs, stub_label_reports, path, [check], write_to=check)
+    assert [d["text"] for d in kept] == ["Meniscus: pleural effusion.", "Clear lungs.", "Edema and effusion both ..."]
+    assert counts == {"rationale_docs": 4, "dropped_inconsistent": 2}
+    assert json.loads(check.read_text())["dropped"] == [1, 2]
+
+    def must_not_label(texts):
+        raise AssertionError("verdicts for this corpus are saved; no labelling needed")
+
+    again, _ = corpuslib.drop_inconsistent(docs, must_not_label, path, [check])
+    assert again == kept
+    path.write_text(path.read_text() + json.dumps({"kind": "textbook", "text": "new"}) + "\n")
+    with pytest.raises(AssertionError, match="saved"):  # another corpus: the saved verdicts do not apply
+        corpuslib.drop_inconsistent(docs, must_not_label, path, [check])

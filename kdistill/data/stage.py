@@ -19,6 +19,8 @@ class StageConfig:
     def validate(self) -> None:
         if self.source != "phantom" and not self.root:
             raise ValueError(f"data.root is required when data.source is {self.source!r}")
+        if self.source == "phantom" and self.root:
+            raise ValueError("data.root is for source mimic/chexpert; the phantom is written into the run's data/ folder")
 
 
 def run_stage(cfg: StageConfig, ctx: Any) -> dict[str, Any]:
@@ -33,4 +35,15 @@ def run_stage(cfg: StageConfig, ctx: Any) -> dict[str, Any]:
     root = Path(cfg.root).expanduser()  # type: ignore[arg-type]
     if not root.is_dir():
         raise DataError(root, f"data.root for source {cfg.source!r} does not exist or is not a folder")
+    # The index file the loaders start from (kdistill.data.mimic / kdistill.data.chexpert);
+    # `kdistill data check ROOT` checks the rest.
+    wanted = _INDEX_FILES[cfg.source]
+    if not any((root / name).is_file() for name in wanted):
+        raise DataError(root, f"not a {cfg.source} root: none of {', '.join(wanted)} found")
     return {"root": str(root)}
+
+
+_INDEX_FILES = {
+    "mimic": ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv"),
+    "chexpert": ("train.csv", "valid.csv", "test.csv"),
+}

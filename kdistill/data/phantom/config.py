@@ -15,6 +15,7 @@ class PhantomConfig:
     # a pixel classifier does not separate the classes perfectly.
     difficulty: float = 0.5
     views: list[str] = dataclasses.field(default_factory=lambda: ["PA", "AP"])
+    lateral_share: float = 0.0  # share of PA studies that also get a LATERAL image (MIMIC: most do)
     label_noise: float = 0.0  # share of visible findings the report omits (label blank)
     shortcut_finding: str | None = None  # a corner marker correlated with this finding, train split only
     shortcut_strength: float = 0.9  # P(marker | finding labelled 1) = s, P(marker | not) = 1 - s
@@ -34,6 +35,8 @@ class PhantomConfig:
             raise ValueError("difficulty must be in [0, 1]")
         if not self.views or set(self.views) - {"PA", "AP"}:
             raise ValueError("views must be a non-empty subset of ['PA', 'AP']")
+        if not 0.0 <= self.lateral_share <= 1.0:
+            raise ValueError("lateral_share must be in [0, 1]")
         if not 0.0 <= self.label_noise < 1.0:
             raise ValueError("label_noise must be in [0, 1)")
         if self.shortcut_finding is not None and self.shortcut_finding not in FINDINGS:

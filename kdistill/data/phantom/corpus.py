@@ -58,12 +58,14 @@ def mentioned_findings(text: str, know: Knowledge) -> set[str]:
 
 _LOCATION = {"left": "left", "right": "right", "bilateral": "bilateral"}
 _SIGN_OPENERS = [
-    "{where}there is {sign}.",
+    "{where}there {be} {sign}.",
     "{where}the radiograph shows {sign}.",
-    "{Where}{sign} is seen.",
+    "{Where}{sign} {be} seen.",
     "We see {sign}{where_tail}.",
-    "{where}{sign} is evident.",
+    "{where}{sign} {be} evident.",
 ]
+_DEVICE_NAMES = {"ett": "an endotracheal tube", "cvc": "a central venous catheter", "ngt": "a nasogastric tube",
+                 "pacer": "a pacemaker with its leads"}
 _LINKS = [
     "These signs support {desc}.",
     "This pattern indicates {desc}.",
@@ -117,6 +119,12 @@ def _rationale(findings: dict[str, FindingSpec], know: Knowledge, rng: np.random
     descs = {n: _describe(n, findings[n], know, rng) for n in names}  # one wording per finding per document
     for name in names:
         spec, info = findings[name], know[name]
+        if name == "Support Devices":  # name the devices actually in place
+            devices = [_DEVICE_NAMES[d] for d in spec.extra.get("devices", ["ett"]) if d in _DEVICE_NAMES]
+            listed = devices[0] if len(devices) == 1 else ", ".join(devices[:-1]) + " and " + devices[-1]
+            parts.append(_cap(f"{listed} {'projects' if len(devices) == 1 else 'project'} over the chest."))
+            parts.append("These are support devices in expected position.")
+            continue
         signs = [s for s in info.signs if allowed(s)]
         if not signs:
             signs = [f"the appearance of {info.canonical}"]
@@ -130,7 +138,7 @@ def _rationale(findings: dict[str, FindingSpec], know: Knowledge, rng: np.random
             text = (f"{where.strip().capitalize()}, " if where else "") + opener.replace("{Where}", "")
         else:
             text = opener
-        text = text.format(where=(f"{where.strip()}, " if where else ""), sign=sign,
+        text = text.format(where=(f"{where.strip()}, " if where else ""), sign=sign, be="is" if k == 1 else "are",
                            where_tail=(f" {where.strip()}" if where else ""))
         parts.append(_cap(text))
         parts.append(_LINKS[int(rng.integers(len(_LINKS)))].format(desc=descs[name]))

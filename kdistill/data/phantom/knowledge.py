@@ -39,6 +39,16 @@ class FindingInfo:
     hedge_rate: float
     negate_rate: float
     associated: dict[str, float]
+    signature: str = ""  # what the renderer draws
+    render: dict[str, Any] = dataclasses.field(default_factory=dict)  # the renderer's numbers
+
+    def param(self, key: str, severity: str | None = None) -> float:
+        """A render number; a per-severity list [small, moderate, large] is indexed by ``severity``
+        (moderate when ungraded)."""
+        value = self.render[key]
+        if isinstance(value, (list, tuple)):
+            return float(value[{"small": 0, "moderate": 1, "large": 2}.get(severity or "moderate", 1)])
+        return float(value)
 
     @property
     def canonical(self) -> str:
@@ -86,9 +96,14 @@ def _finding(name: str, raw: dict[str, Any], path: Path) -> FindingInfo:
             hedge_rate=float(raw.get("hedge_rate", 0.0)),
             negate_rate=float(raw.get("negate_rate", 0.0)),
             associated={k: float(v) for k, v in (raw.get("associated") or {}).items()},
+            signature=str(raw.get("signature", "")),
+            render=dict(raw.get("render") or {}),
         )
     except KeyError as err:
         raise DataError(path, f"finding {name!r} lacks key {err}") from None
+    for key, value in info.render.items():
+        if isinstance(value, (list, tuple)) and len(value) != 3:
+            raise DataError(path, f"finding {name!r}: render.{key} must be one number or three (small, moderate, large)")
     bad = set(info.severities) - set(SEVERITIES)
     bad |= set(info.lateralities) - set(LATERALITIES)
     bad |= set(info.associated) - set(FINDINGS)

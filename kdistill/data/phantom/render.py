@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from kdistill.labels import FINDINGS, FINDING_INDEX
+from kdistill.data.phantom.knowledge import load_knowledge
 from kdistill.data.phantom.spec import FindingSpec
 
 _NB = 360  # angular bins of the vessel-marking texture
@@ -48,7 +49,6 @@ class _Grid:
     vessel_index: np.ndarray  # (S, S) int: angular bin around the nearer hilum (+_NB past the split)
     vessel_falloff: np.ndarray  # (S, S) float32
     basis_low: np.ndarray  # (S, 6) smooth interpolation basis
-    basis_mid: np.ndarray  # (S, 24)
     noise: np.ndarray  # (2S, 2S) standard normal; a study takes a random window (cheap)
     texture: np.ndarray  # (2S, 2S) smooth mottle of unit spread, windowed the same way
 
@@ -77,7 +77,7 @@ def _grid(size: int) -> _Grid:
     basis = _hat_basis(2 * size, 48)
     texture = basis @ rng.standard_normal((48, 48)).astype(np.float32) @ basis.T
     texture /= texture.std()
-    return _Grid(size, x, y, index, falloff, _hat_basis(size, 6), _hat_basis(size, 24), noise, texture)
+    return _Grid(size, x, y, index, falloff, _hat_basis(size, 6), noise, texture)
 
 
 @dataclasses.dataclass
@@ -89,7 +89,6 @@ class _Anatomy:
     dome: float
     mw: float  # superior mediastinum half-width
     ctr: float  # cardiothoracic ratio
-    hh: float  # heart half-height
     rib_sp: float
     rib_y0: float
     rib_curve: float
@@ -109,7 +108,6 @@ def _anatomy(patient: np.random.Generator, study: np.random.Generator, view: str
         dome=u(0.045, 0.07),
         mw=u(0.062, 0.078),
         ctr=u(0.39, 0.45),
-        hh=u(0.115, 0.135),
         rib_sp=u(0.060, 0.068),
         rib_y0=u(0.07, 0.10),
         rib_curve=u(0.22, 0.30),
@@ -147,9 +145,11 @@ class _Canvas:
         self._marking_gain: np.ndarray | None = None  # made on first use (most studies never dim vessels)
         self.heart_box = (slice(0, 0), slice(0, 0))
         self.clav_rows = slice(0, 0)
+        # Rows that can hold lung or rib: the per-pixel anatomy work is done on these only.
+        self.rows = slice(max(0, self.px(a.apex - 0.07)), min(S, self.px(max(a.base.values()) + 0.08)))
         self.lung = np.zeros((S, S), np.float32)
         self.ribs = np.zeros((S, S), np.float32)
-        self.outer: dict[str, np.ndarray] = {}  # px from each lung's outer (lateral/apical) wall
+        self.outer: dict[str, np.ndarray] = {}  # px from each lung's outer (lateral/apical) wall, rows self.rows
         self.rib_phase: dict[str, np.ndarray] = {}  # posterior rib k spans phase [k, k + 0.5)
         self.rib_weight: dict[str, np.ndarray] = {}
         self.rib_anterior: dict[str, np.ndarray] = {}
@@ -209,7 +209,8 @@ class _Canvas:
 
 def _lungs(cv: _Canvas, heart: np.ndarray) -> None:
     a, g, S = cv.a, cv.g, cv.S
-    y = g.y
+    rows = cv.rows
+    y = g.y[rows]
     for side in ("right", "left"):
         cols = cv.cols(side)
         d = np.abs(g.x[:, cols] - a.cx)  # (1, c)
@@ -225,23 +226,42 @@ def _lungs(cv: _Canvas, heart: np.ndarray) -> None:
         outer = (1.0 - r) / grad
         dome_y = base - a.dome * (1.0 - np.clip(u, -1, 1) ** 2)
         m = np.minimum(outer, (dome_y - y) * S)
-        m = np.minimum(m, (d - cv.mediastinum_halfwidth(side)) * S)
+        m = np.minimum(m, (d - cv.mediastinum_halfwidth(side)[rows]) * S)
         alpha = np.clip(0.5 + m / cv.edge, 0.0, 1.0)
-        alpha *= 1.0 - heart[:, cols]
-        cv.lung[:, cols] = alpha
-        cv.outer[side] = outer
+        alpha *= 1.0 - heart[rows, cols]
+        cv.lung[rows, cols] = alpha
+        cv.outer[side] = outer  # rows cv.rows only
+
+
+_HEART_TILT = math.radians(35)  # long axis from the base (upper right) to the apex (lower left)
+_HEART_ASPECT = 0.8  # short / long axis
+
+
+def _heart_geometry(a: _Anatomy) -> tuple[float, float, float, float, float, float]:
+    """(centre x, centre y, long semi-axis, short semi-axis, horizontal half-extent, vertical
+    half-extent) of the tilted heart ellipse; its horizontal extent is ``ctr`` x the thorax width."""
+    c, s = math.cos(_HEART_TILT), math.sin(_HEART_TILT)
+    half_w = a.ctr * a.tw
+    long_ax = half_w / math.sqrt(c * c + (_HEART_ASPECT * s) ** 2)
+    short_ax = _HEART_ASPECT * long_ax
+    half_h = math.sqrt((long_ax * s) ** 2 + (short_ax * c) ** 2)
+    hx = a.cx + min(0.3 * half_w, 0.84 * a.tw - half_w)  # about two thirds left of the midline
+    hy = a.base["left"] - a.dome - 0.45 * half_h + 0.02  # the lower part sinks behind the diaphragm
+    return hx, hy, long_ax, short_ax, half_w, half_h
 
 
 def _heart(cv: _Canvas) -> tuple[np.ndarray, np.ndarray]:
     a, g, S = cv.a, cv.g, cv.S
-    hw = a.ctr * a.tw
-    hx = a.cx + min(0.28 * hw, 0.82 * a.tw - hw)  # two thirds of the heart lie left of the midline
-    hy = a.base["left"] - a.dome - 0.07
-    r0, r1 = max(0, cv.px(hy - a.hh) - 2), min(S, cv.px(hy + a.hh) + 3)
-    c0, c1 = max(0, cv.px(hx - hw) - 2), min(S, cv.px(hx + hw) + 3)
-    e = 1.0 - ((g.x[:, c0:c1] - hx) / hw) ** 2 - ((g.y[r0:r1] - hy) / a.hh) ** 2
+    hx, hy, long_ax, short_ax, half_w, half_h = _heart_geometry(a)
+    r0, r1 = max(0, cv.px(hy - half_h) - 2), min(S, cv.px(hy + half_h) + 3)
+    c0, c1 = max(0, cv.px(hx - half_w) - 2), min(S, cv.px(hx + half_w) + 3)
+    dx, dy = g.x[:, c0:c1] - hx, g.y[r0:r1] - hy
+    c, s = math.cos(_HEART_TILT), math.sin(_HEART_TILT)
+    along = (dx * c + dy * s) / long_ax
+    across = (dy * c - dx * s) / short_ax
+    e = 1.0 - along * along - across * across
     alpha = np.zeros((S, S), np.float32)
-    alpha[r0:r1, c0:c1] = np.clip(0.5 + e * (min(hw, a.hh) * S / 2 / cv.edge), 0.0, 1.0)
+    alpha[r0:r1, c0:c1] = np.clip(0.5 + e * (short_ax * S / 2 / cv.edge), 0.0, 1.0)
     mask = np.zeros((S, S), bool)
     mask[r0:r1, c0:c1] = e > 0
     cv.heart_box = (slice(r0, r1), slice(c0, c1))
@@ -250,7 +270,8 @@ def _heart(cv: _Canvas) -> tuple[np.ndarray, np.ndarray]:
 
 def _ribs(cv: _Canvas) -> np.ndarray:
     a, g = cv.a, cv.g
-    y = g.y
+    rows = cv.rows
+    y = g.y[rows]
     row_region = np.clip((y - (a.apex - 0.04)) * 40, 0, 1) * np.clip((max(a.base.values()) + 0.04 - y) * 30, 0, 1)
     for side in ("right", "left"):
         cols = cv.cols(side)
@@ -260,8 +281,8 @@ def _ribs(cv: _Canvas) -> np.ndarray:
         ant = (y - a.rib_y0 - 0.04 + 0.13 * dn) / (a.rib_sp * 1.2)
         frac = ant - np.floor(ant)
         anterior = 0.35 * np.clip(1 - ((frac - 0.2) / 0.14) ** 2, 0, 1) * weight
-        cv.rib_phase[side], cv.rib_weight[side], cv.rib_anterior[side] = phase, weight, anterior
-        cv.ribs[:, cols] = _rib_profile(phase) * weight + anterior
+        cv.rib_phase[side], cv.rib_weight[side], cv.rib_anterior[side] = phase, weight, anterior  # rows cv.rows
+        cv.ribs[rows, cols] = _rib_profile(phase) * weight + anterior
     return cv.ribs
 
 
@@ -295,7 +316,9 @@ def _markings(cv: _Canvas, rng: np.random.Generator) -> np.ndarray:
     prof[near] += rng.uniform(0.6, 1.0, near.size).astype(np.float32)
     prof[far] += rng.uniform(0.3, 0.8, far.size).astype(np.float32)
     prof = np.convolve(np.concatenate([prof[-2:], prof, prof[:2]]), [0.15, 0.5, 1.0, 0.5, 0.15], "same")[2:-2]
-    return prof.astype(np.float32)[cv.g.vessel_index] * cv.g.vessel_falloff
+    out = np.zeros((cv.S, cv.S), np.float32)
+    out[cv.rows] = prof.astype(np.float32)[cv.g.vessel_index[cv.rows]] * cv.g.vessel_falloff[cv.rows]
+    return out
 
 
 # --- findings ------------------------------------------------------------------------------
@@ -307,6 +330,11 @@ _SEV = {"small": 0, "moderate": 1, "large": 2, None: 1}
 
 def _pick(spec: FindingSpec, values: tuple) -> float:
     return values[_SEV[spec.severity]]
+
+
+def _p(name: str, key: str, spec: FindingSpec | None = None) -> float:
+    """A render number of findings.yaml (per severity where it is a list)."""
+    return load_knowledge()[name].param(key, spec.severity if spec is not None else None)
 
 
 def _gauss_cols(x: np.ndarray, centre: float, width: float, power: int = 2) -> np.ndarray:
@@ -343,40 +371,41 @@ def _effusion(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> list:
         cols = cv.cols(side)
         dn = cv.lateral(side)
         h = cv.height(side)
-        level = _pick(spec, (0.03, 0.17, 0.38)) * rng.uniform(0.85, 1.15)
+        level = _p("Pleural Effusion", "extent", spec) * rng.uniform(0.85, 1.15)
         q = np.clip((dn - cv.a.mw / cv.a.tw) / (1 - cv.a.mw / cv.a.tw), 0, 1)
         top = cv.a.base[side] - level * h - 0.09 * h * q**3  # meniscus: fluid climbs the lateral wall
         fluid = np.clip((cv.g.y - top) * cv.S / (2.5 * cv.edge), 0, 1)
         lung = cv.lung[:, cols]
-        cv.delta[:, cols] += 0.40 * cv.c * fluid * lung
+        cv.delta[:, cols] += _p("Pleural Effusion", "density") * cv.c * fluid * lung
         out.append((side, cv.full_mask(side, (fluid > 0.5) & (lung > 0.25))))
     return out
 
 
 def _pneumothorax(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> list:
     out = []
+    rows_ = cv.rows
+    y = cv.g.y[rows_]
     for side in spec.sides:
         cols = cv.cols(side)
-        rim = _pick(spec, (0.022, 0.045, 0.09)) * rng.uniform(0.85, 1.15) * cv.S
-        reach = cv.a.apex + _pick(spec, (0.40, 0.65, 1.0)) * cv.height(side)
+        rim = _p("Pneumothorax", "extent", spec) * rng.uniform(0.85, 1.15) * cv.S
+        reach = cv.a.apex + _p("Pneumothorax", "reach", spec) * cv.height(side)
         outer = cv.outer[side]
-        rows = np.clip((reach - cv.g.y) * cv.S / 4, 0, 1)  # fades out below its lower reach
-        lung = cv.lung[:, cols]
+        rows = np.clip((reach - y) * cv.S / 4, 0, 1)  # fades out below its lower reach
+        lung = cv.lung[rows_, cols]
         air = np.clip(rim - outer, 0, 1) * rows * lung
         line = np.exp(-(((outer - rim) / (0.8 * cv.edge)) ** 2)) * rows * (lung > 0.3)
-        cv.dim_markings()[:, cols] *= 1.0 - air
-        cv.delta[:, cols] += cv.c * (0.16 * line - 0.07 * air)
-        out.append(("", cv.full_mask(side, (air > 0.5) | (line > 0.5))))
+        cv.dim_markings()[rows_, cols] *= 1.0 - air
+        cv.delta[rows_, cols] += cv.c * (_p("Pneumothorax", "line") * line - _p("Pneumothorax", "density") * air)
+        m = np.zeros((cv.S, cv.S), bool)
+        m[rows_, cols] = (air > 0.5) | (line > 0.5)
+        out.append(("", m))
     return out
-
-
-def _cardiomegaly(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator, heart_mask: np.ndarray) -> list:
-    return [("", heart_mask.copy())]
 
 
 def _mediastinum(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> list:
     a = cv.a
-    r0, r1 = cv.px(a.apex - 0.02), cv.px(a.base["left"] - a.dome - 0.07 - a.hh * 0.8)
+    _, hy, _, _, _, half_h = _heart_geometry(a)
+    r0, r1 = cv.px(a.apex - 0.02), cv.px(hy - 0.6 * half_h)
     m = np.zeros((cv.S, cv.S), bool)
     half = a.mw + 0.006
     m[max(0, r0):r1, max(0, cv.px(a.cx - half)) : cv.px(a.cx + half + 0.02)] = True
@@ -385,8 +414,9 @@ def _mediastinum(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> li
 
 def _edema(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> list:
     out = []
-    amp = _pick(spec, (0.12, 0.18, 0.26)) * cv.c
-    sx, sy = _pick(spec, (0.06, 0.08, 0.10)), _pick(spec, (0.09, 0.12, 0.15))
+    amp = _p("Edema", "density", spec) * cv.c
+    sx = _p("Edema", "extent", spec)
+    sy = 1.5 * sx
     for side in spec.sides:
         cols = cv.cols(side)
         hx = cv.x_at(side, (cv.a.mw + 0.06) / cv.a.tw)
@@ -418,12 +448,12 @@ def _atelectasis(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> li
         if spec.severity == "large":  # wedge of collapsed lower lobe
             yl = y0 + slope * (x - xc)
             body = np.clip((cv.g.y - yl) * cv.S / (2 * cv.edge), 0, 1) * window
-            cv.delta[:, cols] += 0.26 * cv.c * body * lung
+            cv.delta[:, cols] += 0.87 * _p("Atelectasis", "density") * cv.c * body * lung
         else:
-            thick = _pick(spec, (0.007, 0.013, 0.02))
+            thick = _p("Atelectasis", "extent", spec)
             yl = y0 + slope * (x - xc)
             body = np.exp(-(((cv.g.y - yl) / thick) ** 2)) * window
-            cv.delta[:, cols] += 0.30 * cv.c * body * lung
+            cv.delta[:, cols] += _p("Atelectasis", "density") * cv.c * body * lung
         out.append((side, cv.full_mask(side, (body > 0.4) & (lung > 0.3))))
     return out
 
@@ -438,18 +468,19 @@ def _lobar(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator, kind: str, 
         y0, y1 = cv.zone_y(side, spec.zone or "lower")
         lung = cv.lung[:, cols]
         if kind == "consolidation":
-            rx = _pick(spec, (0.045, 0.075, 0.11)) * rng.uniform(0.85, 1.15)
+            rx = _p("Consolidation", "extent", spec) * rng.uniform(0.85, 1.15)
             ry = _pick(spec, (0.04, 0.07, 0.5 * (y1 - y0) + 0.02))
             xc, yc = _point_in_lung(cv, side, y0 + 0.3 * (y1 - y0), y1 - 0.3 * (y1 - y0), (0.4, 0.75), rng)
             region = _gauss_cols(x, xc, rx, 4) * _gauss_cols(cv.g.y, yc, ry, 4)
             bronchi = markings[:, cols]
-            cv.delta[:, cols] += cv.c * region * lung * (0.34 - 0.9 * bronchi)
+            cv.delta[:, cols] += cv.c * region * lung * (_p("Consolidation", "density") - 0.9 * bronchi)
         else:
-            n = {"pneumonia": (4, 6, 9), "opacity": (3, 4, 6)}[kind][_SEV[spec.severity]]
-            amp = 0.22 if kind == "pneumonia" else 0.13
-            sig = 0.035 if kind == "pneumonia" else 0.045
+            name = "Pneumonia" if kind == "pneumonia" else "Lung Opacity"
+            n = int(_p(name, "blobs", spec))
+            amp = _p(name, "density")
+            sig = 0.035 if kind == "pneumonia" else 0.045  # pneumonia: smaller, denser, more confluent
             region = np.zeros((cv.S, cols.stop - cols.start), np.float32)
-            spread = _pick(spec, (0.04, 0.07, 0.1))
+            spread = _p(name, "extent", spec)
             xc, yc = _point_in_lung(cv, side, y0 + 0.25 * (y1 - y0), y1 - 0.25 * (y1 - y0), (0.4, 0.75), rng)
             for _ in range(n):
                 bx, by = xc + rng.normal(0, spread), yc + rng.normal(0, spread)
@@ -465,7 +496,7 @@ def _lobar(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator, kind: str, 
 def _nodule(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> list:
     side = spec.sides[0] if spec.sides else "right"
     y0, y1 = cv.zone_y(side, spec.zone or "middle")
-    radius = _pick(spec, (0.016, 0.026, 0.05)) * rng.uniform(0.85, 1.15)
+    radius = _p("Lung Lesion", "extent", spec) * rng.uniform(0.85, 1.15)
     S = cv.S
     xc, yc = _point_in_lung(cv, side, y0, y1, (0.35, 0.85), rng)
     rp = radius * S
@@ -475,7 +506,7 @@ def _nodule(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> list:
     lobul = 1.0 + 0.08 * np.sin(3 * np.arctan2(cv.g.y[r0:r1] - yc, cv.g.x[:, c0:c1] - xc) + rng.uniform(0, 6))
     alpha = np.clip(rp * lobul - dist + 0.5, 0, 1)
     dome = np.sqrt(np.clip(1 - (dist / (rp + 1)) ** 2, 0, 1))
-    cv.delta[r0:r1, c0:c1] += 0.30 * cv.c * alpha * (0.5 + 0.5 * dome)
+    cv.delta[r0:r1, c0:c1] += _p("Lung Lesion", "density") * cv.c * alpha * (0.5 + 0.5 * dome)
     m = np.zeros((S, S), bool)
     m[r0:r1, c0:c1] = alpha > 0.3
     return [("", m)]
@@ -487,36 +518,40 @@ def _fracture(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> list:
     k = int(spec.extra.get("rib", 6))
     dn = cv.lateral(side)
     dn_f = rng.uniform(0.55, 0.82)
-    step = _pick(spec, (0.10, 0.2, 0.32))
+    step = _p("Fracture", "extent", spec)
     phase = cv.rib_phase[side]
     near = np.abs(dn - dn_f) < 0.1  # (1, c)
     band = (phase > k - 0.35) & (phase < k + 0.8) & near
     shifted = phase + step * (dn > dn_f)
     gap = np.abs(dn - dn_f) < max(0.012, 1.6 / (cv.S * cv.a.tw))
     new = _rib_profile(shifted) * ~gap * cv.rib_weight[side] + cv.rib_anterior[side]
-    ribs = cv.ribs[:, cols]  # a view: the edit lands in cv.ribs
+    ribs = cv.ribs[cv.rows, cols]  # a view: the edit lands in cv.ribs
     ribs[band] = new[band]
     rows = np.flatnonzero(band.any(axis=1))
     m = np.zeros((cv.S, cv.S), bool)
     if rows.size:
         sub = np.zeros_like(band)
         sub[rows.min() : rows.max() + 1] = near & (np.abs(dn - dn_f) < 0.06)
-        m[:, cols] = sub & band
+        m[cv.rows, cols] = sub & band
     return [("", m)]
 
 
 def _pleural_thickening(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> list:
     out = []
-    thick = _pick(spec, (0.012, 0.02, 0.03)) * cv.S
+    thick = _p("Pleural Other", "extent", spec) * cv.S
+    rows_ = cv.rows
+    y = cv.g.y[rows_]
     for side in spec.sides:
         cols = cv.cols(side)
         reach = cv.a.apex + rng.uniform(0.45, 0.7) * cv.height(side)
-        rows = np.clip((reach - cv.g.y) * cv.S / 4, 0, 1)
-        lung = cv.lung[:, cols]
+        rows = np.clip((reach - y) * cv.S / 4, 0, 1)
+        lung = cv.lung[rows_, cols]
         band = np.clip(thick - cv.outer[side], 0, 1) * rows * lung
-        band *= np.clip(1 + 0.3 * np.sin(cv.g.y * 60 + rng.uniform(0, 6)), 0, 1.3)  # nodular
-        cv.delta[:, cols] += 0.28 * cv.c * band
-        out.append((side if len(spec.sides) > 1 else "", cv.full_mask(side, band > 0.4)))
+        band *= np.clip(1 + 0.3 * np.sin(y * 60 + rng.uniform(0, 6)), 0, 1.3)  # nodular
+        cv.delta[rows_, cols] += _p("Pleural Other", "density") * cv.c * band
+        m = np.zeros((cv.S, cv.S), bool)
+        m[rows_, cols] = band > 0.4
+        out.append((side if len(spec.sides) > 1 else "", m))
     return out
 
 
@@ -573,9 +608,8 @@ def _devices(cv: _Canvas, spec: FindingSpec, rng: np.random.Generator) -> list:
             gx, gy = a.cx + 0.25, a.apex + 0.05
             r0, r1, c0, c1 = cv.px(gy - 0.025), cv.px(gy + 0.025), cv.px(gx - 0.035), cv.px(gx + 0.035)
             layer[max(0, r0):r1, max(0, c0):min(S, c1)] = 0.75
-            hw = a.ctr * a.tw
-            hy = a.base["left"] - a.dome - 0.07
-            for end in ((a.cx - 0.01, hy - 0.04), (a.cx + 0.35 * hw, hy + 0.05)):
+            hx, hy, _, _, hw, _ = _heart_geometry(a)
+            for end in ((a.cx - 0.01, hy - 0.04), (hx + 0.3 * hw, hy + 0.03)):
                 xs, ys = _bezier((gx, gy), (a.cx + 0.04, a.apex + 0.12), end, n)
                 _draw(cv, xs, ys, 0.5, width, layer)
         np.maximum(cv.devices, layer, out=cv.devices)
@@ -594,6 +628,19 @@ def _marker(image: np.ndarray) -> None:
     image[y0 + k : y0 + m - k, x0 + k : x0 + m - k] = 0.25
 
 
+def _check(findings: dict[str, FindingSpec]) -> None:
+    """Every finding drawn as findings.yaml allows it (names, lateralities, severities)."""
+    know = load_knowledge()
+    for name, spec in findings.items():
+        if name not in know.findings:
+            raise ValueError(f"unknown finding {name!r}; expected one of {list(FINDINGS)}")
+        info = know[name]
+        if spec.laterality not in info.lateralities:
+            raise ValueError(f"{name}: laterality {spec.laterality!r} not in {sorted(info.lateralities)} (findings.yaml)")
+        if spec.severity is not None and info.severities and spec.severity not in info.severities:
+            raise ValueError(f"{name}: severity {spec.severity!r} not in {sorted(info.severities)} (findings.yaml)")
+
+
 def render_study(
     findings: dict[str, FindingSpec] | None = None,
     *,
@@ -603,15 +650,22 @@ def render_study(
     seed: int = 0,
     patient_seed: int | None = None,
     shortcut: bool = False,
+    sex: str | None = None,
 ) -> RenderResult:
     """Render one frontal image with ``findings`` (name -> FindingSpec; absent = not shown).
 
     The same arguments give the same pixels; dropping a finding changes only its own region
-    (and, for cardiomegaly/mediastinal widening, the heart/mediastinum outline)."""
+    (and, for cardiomegaly/mediastinal widening, the heart/mediastinum outline).  ``patient_seed``
+    fixes the anatomy shared by a subject's studies; ``sex="woman"`` adds breast shadows;
+    ``shortcut`` draws the corner marker."""
     findings = findings or {}
+    _check(findings)
+    if view not in ("PA", "AP"):
+        raise ValueError(f"view {view!r}: render_study draws frontal views, 'PA' or 'AP' (laterals: render_lateral)")
+    pseed = seed if patient_seed is None else patient_seed
     g = _grid(size)
     S = size
-    patient_rng = np.random.default_rng([seed if patient_seed is None else patient_seed, 0])
+    patient_rng = np.random.default_rng([pseed, 0])
     anatomy = _anatomy(patient_rng, np.random.default_rng([seed, 1]), view)
 
     def rng_for(name: str) -> np.random.Generator:
@@ -619,10 +673,10 @@ def render_study(
 
     if "Cardiomegaly" in findings:
         spec = findings["Cardiomegaly"]
-        anatomy.ctr = _pick(spec, (0.555, 0.6, 0.65)) * rng_for("Cardiomegaly").uniform(0.99, 1.03) * (1.04 if view == "AP" else 1.0)
+        anatomy.ctr = _p("Cardiomegaly", "extent", spec) * rng_for("Cardiomegaly").uniform(0.99, 1.03) * (1.04 if view == "AP" else 1.0)
     if "Enlarged Cardiomediastinum" in findings:
         spec = findings["Enlarged Cardiomediastinum"]
-        anatomy.mw = _pick(spec, (0.10, 0.118, 0.14)) * rng_for("Enlarged Cardiomediastinum").uniform(0.97, 1.05)
+        anatomy.mw = _p("Enlarged Cardiomediastinum", "extent", spec) * rng_for("Enlarged Cardiomediastinum").uniform(0.97, 1.05)
     contrast = 1.6 - 1.3 * difficulty  # finding contrast: 1.6 (obvious) .. 0.3 (faint)
     cv = _Canvas(g, anatomy, contrast)
     heart, heart_mask = _heart(cv)
@@ -640,8 +694,8 @@ def render_study(
             parts = _effusion(cv, spec, rng)
         elif name == "Pneumothorax":
             parts = _pneumothorax(cv, spec, rng)
-        elif name == "Cardiomegaly":
-            parts = _cardiomegaly(cv, spec, rng, heart_mask)
+        elif name == "Cardiomegaly":  # drawn as the heart's size (set above); its region is the heart
+            parts = [("", heart_mask.copy())]
         elif name == "Enlarged Cardiomediastinum":
             parts = _mediastinum(cv, spec, rng)
         elif name == "Edema":
@@ -688,15 +742,27 @@ def render_study(
     # Air depth: thickest lung mid-field; apices (shoulder girdle) and bases (soft tissue) are greyer.
     depth_rows = 0.30 + 0.10 * _gauss_cols(y, a.apex + 0.45 * cv.height("left"), 0.3)
     depth_cols = 0.9 + 0.1 * _gauss_cols(x, a.cx, 0.25)
-    air = markings  # reused buffer: markings are not needed after this
+    rows = cv.rows  # lungs and ribs live in these rows only
+    air = markings[rows]  # reused buffer: markings are not needed after this
     air *= -0.22
     if cv.marking_gain is not None:
-        air *= cv.marking_gain
-    air += depth_rows * depth_cols
-    air *= cv.lung
-    att -= air
-    ribs *= 0.10
-    att += ribs
+        air *= cv.marking_gain[rows]
+    air += depth_rows[rows] * depth_cols
+    air *= cv.lung[rows]
+    att[rows] -= air
+    bone = ribs[rows]
+    bone *= 0.10
+    att[rows] += bone
+    if sex == "woman":  # breast shadows grey the lower lateral lung fields
+        amp = np.random.default_rng([pseed, 5]).uniform(0.03, 0.07)
+        for side in ("right", "left"):
+            cols = cv.cols(side)
+            yb = a.base[side] - 0.1
+            r0 = max(0, cv.px(yb - 0.25))
+            xc = cv.x_at(side, 0.75)
+            edge = yb + 0.07 - 0.12 * ((cv.xs(side) - xc) / 0.2) ** 2  # rounded lower contour
+            soft = _gauss_cols(cv.xs(side), xc, 0.22, 4) * np.clip((edge - y[r0:]) * S / 3, 0, 1) * _gauss_cols(y[r0:], yb, 0.14)
+            att[r0:, cols] += amp * soft
     att[cv.clav_rows] += clav
     att += cv.delta
     if cv.has_devices:

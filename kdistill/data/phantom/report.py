@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 
-from kdistill.labels import FINDING_INDEX, FINDINGS, NUM_FINDINGS
+from kdistill.labels import FINDING_INDEX, NUM_FINDINGS
 from kdistill.data.phantom.knowledge import Knowledge
 from kdistill.data.phantom.spec import FindingSpec, StudyPlan
 
@@ -104,9 +104,12 @@ def write_report(plan: StudyPlan, know: Knowledge, rng: np.random.Generator) -> 
     normal = not any(n in shown for n in IMPRESSION_ORDER)
     # Which absent findings the radiologist explicitly negates.
     negated = []
+    airspace = {"Consolidation", "Lung Opacity", "Pneumonia"}
     for name in IMPRESSION_ORDER:
         if name in present:
             continue
+        if name in airspace and airspace & set(shown):
+            continue  # "No focal consolidation." next to a stated pneumonia would read as a contradiction
         p = min(0.95, know[name].negate_rate * (1.7 if normal else 1.0))
         if rng.random() < p:
             negated.append(name)
@@ -126,6 +129,8 @@ def write_report(plan: StudyPlan, know: Knowledge, rng: np.random.Generator) -> 
         w.labels[FINDING_INDEX[name]] = 0.0
 
     sentences: list[str] = []
+    if rng.random() < 0.4:  # carries no label
+        sentences.append(w.pick(know.phrases["normal"]["openers_pa" if plan.view == "PA" else "openers_ap"]))
     if "Support Devices" in shown:
         sentences += w.devices(shown["Support Devices"])
     lung_findings = [n for n in PARENCHYMA if n in shown]
@@ -197,4 +202,4 @@ def label_cell(value: float) -> str:
     return "" if math.isnan(value) else f"{float(value):.1f}"
 
 
-__all__ = ["Report", "write_report", "label_cell", "FINDINGS"]
+__all__ = ["Report", "write_report", "label_cell"]

@@ -66,14 +66,18 @@ def presence_targets(know: Knowledge) -> dict[str, float]:
     return {f: know[f].prevalence / max(1e-6, 1.0 - know[f].hedge_rate) for f in know.sampling_order}
 
 
-_LOGIT_CACHE: dict[int, dict[str, float]] = {}
+_LOGIT_CACHE: dict[tuple, dict[str, float]] = {}
 
 
 def calibrated_logits(know: Knowledge) -> dict[str, float]:
-    """Base logits per finding (cached per loaded knowledge; deterministic)."""
-    if id(know) not in _LOGIT_CACHE:
-        _LOGIT_CACHE[id(know)] = _calibrate(know)
-    return dict(_LOGIT_CACHE[id(know)])
+    """Base logits per finding (deterministic; cached per set of statistics)."""
+    key = (know.normal_share, know.normal_device_logit) + tuple(
+        (f, know[f].prevalence, know[f].hedge_rate, tuple(sorted(know[f].associated.items())))
+        for f in know.sampling_order
+    )
+    if key not in _LOGIT_CACHE:
+        _LOGIT_CACHE[key] = _calibrate(know)
+    return dict(_LOGIT_CACHE[key])
 
 
 def _calibrate(know: Knowledge) -> dict[str, float]:
@@ -216,6 +220,8 @@ def plan_studies(cfg: PhantomConfig, know: Knowledge) -> list[StudyPlan]:
                 seed=int(rng.integers(2**31)),
                 findings=specs,
             )
+            if cfg.lateral_share > 0 and view == "PA" and rng.random() < cfg.lateral_share:
+                plan.lateral_dicom_id = _dicom_id(rng)
             if cfg.shortcut_finding and plan.split == "train":
                 spec = specs.get(cfg.shortcut_finding)
                 if cfg.shortcut_finding == "No Finding":

@@ -42,6 +42,7 @@ class StudyPlan:
     seed: int  # everything else of this study
     findings: dict[str, FindingSpec] = dataclasses.field(default_factory=dict)
     shortcut: bool = False
+    lateral_dicom_id: str | None = None  # a second, LATERAL image (PA studies only)
 
     @property
     def relpath(self) -> str:

@@ -3,7 +3,7 @@
 ::
 
     out_dir/
-      files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg     one frontal image per study
+      files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg     one frontal image per study (+ a lateral, lateral_share)
       files/pNN/pSUBJECT/sSTUDY.txt              the free-text report
       mimic-cxr-2.0.0-metadata.csv.gz            dicom_id, subject_id, study_id, ViewPosition, ...
       mimic-cxr-2.0.0-chexpert.csv.gz            subject_id, study_id, 14 findings (1.0/0.0/-1.0/blank)
@@ -41,6 +41,7 @@ from kdistill.labels import FINDINGS
 from kdistill.data.phantom.config import PhantomConfig
 from kdistill.data.phantom.corpus import write_corpus
 from kdistill.data.phantom.knowledge import load_knowledge
+from kdistill.data.phantom.lateral import render_lateral
 from kdistill.data.phantom.render import render_study
 from kdistill.data.phantom.report import label_cell, write_report
 from kdistill.data.phantom.sampler import finding_set_drawer, plan_studies
@@ -85,13 +86,17 @@ def make_study(plan: StudyPlan, cfg: PhantomConfig, out_dir: Path) -> dict[str, 
     know = load_knowledge()
     result = render_study(
         plan.findings, view=plan.view, size=cfg.image_size, difficulty=cfg.difficulty,
-        seed=plan.seed, patient_seed=plan.patient_seed, shortcut=plan.shortcut,
+        seed=plan.seed, patient_seed=plan.patient_seed, shortcut=plan.shortcut, sex=plan.sex,
     )
     report = write_report(plan, know, np.random.default_rng([plan.seed, 4]))
     study_dir = out_dir / plan.relpath
     study_dir.mkdir(parents=True, exist_ok=True)
     _write_bytes(study_dir / f"{plan.dicom_id}.jpg", _encode(result.image, "JPEG", quality=cfg.jpeg_quality))
     _write_bytes(study_dir.with_name(study_dir.name + ".txt"), report.text.encode())
+    if plan.lateral_dicom_id:
+        lateral = render_lateral(plan.findings, size=cfg.image_size, difficulty=cfg.difficulty, seed=plan.seed,
+                                 patient_seed=plan.patient_seed, shortcut=plan.shortcut)
+        _write_bytes(study_dir / f"{plan.lateral_dicom_id}.jpg", _encode(lateral, "JPEG", quality=cfg.jpeg_quality))
     rois = []
     if cfg.write_rois:
         for region in result.regions:
@@ -108,7 +113,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(cfg: PhantomConfig, out_dir: Path) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER["cfg"], _WORKER["out"] = cfg, out_dir
 
 
@@ -185,6 +189,10 @@ def synthesize(cfg: PhantomConfig, out_dir: str | Path, progress: bool = False) 
                           desc, view_meaning, "Erect" if p.view == "PA" else "Recumbent"])
         chex_rows.append([p.subject_id, p.study_id] + [label_cell(v) for v in labels[i]])
         split_rows.append([p.dicom_id, p.study_id, p.subject_id, p.split])
+        if p.lateral_dicom_id:
+            meta_rows.append([p.lateral_dicom_id, p.subject_id, p.study_id, desc, "LATERAL", size, size, p.study_date,
+                              p.study_time, desc, "lateral", "Erect"])
+            split_rows.append([p.lateral_dicom_id, p.study_id, p.subject_id, p.split])
     write_text_atomic(out / "rois.jsonl", "".join(line + "\n" for line in roi_lines))
     _gzip_csv(out / "mimic-cxr-2.0.0-metadata.csv.gz", METADATA_COLUMNS, meta_rows)
     _gzip_csv(out / "mimic-cxr-2.0.0-chexpert.csv.gz", ("subject_id", "study_id") + FINDINGS, chex_rows)
@@ -195,10 +203,11 @@ def synthesize(cfg: PhantomConfig, out_dir: str | Path, progress: bool = False) 
         "root": str(out),
         "n_studies": len(plans),
         "n_subjects": len({p.subject_id for p in plans}),
-        "n_images": len(plans),
+        "n_images": len(plans) + sum(p.lateral_dicom_id is not None for p in plans),
         "n_rois": len(roi_lines),
         "splits": {s: sum(p.split == s for p in plans) for s in ("train", "validate", "test")},
-        "views": {v: sum(p.view == v for p in plans) for v in ("PA", "AP")},
+        "views": {**{v: sum(p.view == v for p in plans) for v in ("PA", "AP")},
+                  "LATERAL": sum(p.lateral_dicom_id is not None for p in plans)},
         "prevalence": {f: round(float(np.mean(labels[:, j] == 1.0)), 4) for j, f in enumerate(FINDINGS)},
         "uncertain": {f: round(float(np.mean(labels[:, j] == -1.0)), 4) for j, f in enumerate(FINDINGS)},
         "negated": {f: round(float(np.mean(labels[:, j] == 0.0)), 4) for j, f in enumerate(FINDINGS)},
