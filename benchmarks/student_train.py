@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--model", default="{}", help="JSON overrides of StudentConfig")
+    p.add_argument("--config", help="YAML whose student section's 'model' is used (e.g. configs/demo.yaml)")
     p.add_argument("--prepared")
     p.add_argument("--tokenizer")
     p.add_argument("--rationales")
@@ -92,7 +93,11 @@ def main(argv=None) -> int:
         rat = make_rationales(prep)
         source = f"synthetic n={args.n} size={args.size}"
     index, _ = rationale_index(rat)
-    mcfg = cfglib.from_dict(StudentConfig, json.loads(args.model))
+    model_dict = {}
+    if args.config:
+        data = cfglib.read_yaml(args.config)
+        model_dict = (data.get("student", data) or {}).get("model", {}) or {}
+    mcfg = cfglib.from_dict(StudentConfig, cfglib.merge(model_dict, json.loads(args.model)))
     spec = TokenSpec(tok, mcfg.report_prefix, mcfg.rationale_prefix)
     ds = StudyDataset(prep["train"], spec, index)
     mcfg.teacher_embed_dim = int(ds.teacher_embedding.shape[1])

@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root")
     parser.add_argument("--teacher")
     parser.add_argument("--n", type=int, default=200, help="studies (train + validate, first N)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[16, 64], help="one full-path run per size")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -69,23 +69,29 @@ def main(argv=None) -> int:
     root = Path(args.data_root or Path(args.run) / "data")
     teacher_dir = Path(args.teacher or Path(args.run) / "teacher")
     studies = gen.load_study_list(root, ["train", "validate"], limit=args.n)
-    cfg = gen.StageConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_retries=0,
-                          cpu=True, threads=args.threads)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        summary = gen.generate_rationales(studies, teacher_dir, Path(tmp) / "rationales", cfg)
-        full_s = time.perf_counter() - started
-        full_texts = load_rationales(Path(tmp) / "rationales")["rationale"]
+    runs = []
+    for batch_size in args.batch_size:
+        cfg = gen.StageConfig(batch_size=batch_size, max_new_tokens=args.max_new_tokens, max_retries=0,
+                              cpu=True, threads=args.threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            summary = gen.generate_rationales(studies, teacher_dir, Path(tmp) / "rationales", cfg)
+            full_s = time.perf_counter() - started
+            full_texts = load_rationales(Path(tmp) / "rationales")["rationale"]
+        runs.append((batch_size, summary, full_s, full_texts))
     max_prompt = summary["context"] - args.max_new_tokens  # the same prompt budget as the full path
     naive_texts, naive_tokens, naive_s = naive_loop(studies, teacher_dir, args.max_new_tokens, max_prompt)
+    batch_size, summary, full_s, full_texts = min(runs, key=lambda r: r[2])  # the best batch size
 
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch_threads": args.threads,
         "studies": len(studies),
         "unique_prompts": summary["unique_prompts_this_run"],
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
+        "all_batch_sizes": {str(b): {"seconds": round(t, 2), "rows_per_s": round(len(studies) / t, 2),
+                                     "identical_outputs": sum(x == y for x, y in zip(texts, naive_texts)) / len(studies)}
+                            for b, _, t, texts in runs},
         "max_new_tokens": args.max_new_tokens,
         "naive": {"seconds": round(naive_s, 2), "rows_per_s": round(len(studies) / naive_s, 2),
                   "tokens_per_s": round(naive_tokens / naive_s, 1)},
@@ -98,7 +104,9 @@ def main(argv=None) -> int:
     print(f"{'path':<10}{'seconds':>10}{'rows/s':>10}{'tokens/s':>11}")
     print(f"{'naive':<10}{result['naive']['seconds']:>10}{result['naive']['rows_per_s']:>10}"
           f"{result['naive']['tokens_per_s']:>11}")
-    print(f"{'full':<10}{result['full']['seconds']:>10}{result['full']['rows_per_s']:>10}"
+    for b, _, t, _ in runs:
+        print(f"{'full b=' + str(b):<10}{round(t, 2):>10}{round(len(studies) / t, 2):>10}")
+    print(f"{'full best':<10}{result['full']['seconds']:>10}{result['full']['rows_per_s']:>10}"
           f"{result['full']['tokens_per_s']:>11}")
     print(f"speed-up (rows/s): {result['speedup_rows_per_s']}x on {len(studies)} studies "
           f"({result['unique_prompts']} unique prompts); identical outputs: {result['identical_outputs']:.1%}")

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None, prog: str = "kdistill run") -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.max_steps=50")
     parser.add_argument("--out", help="run folder (default runs/<config name>/)")
     parser.add_argument("--force", action="store_true", help="rerun stages even when up to date")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     run_cfg = load_run_config(args.config, args.overrides)
     run_dir = Path(args.out or Path("runs") / run_cfg.name)
     result = run(run_cfg, run_dir, source=args.config, force=args.force)

@@ -6,22 +6,17 @@ shape (B, 1, H, W), at ``image_size``; ``predict`` (student.inference) accepts a
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import math
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdistill.labels import NUM_FINDINGS
 from student.config import StudentConfig
 from student.text import TokenSpec
-
-log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 
@@ -61,13 +56,17 @@ def build_vision_tower(cfg: StudentConfig) -> nn.Module:
     kwargs: dict[str, Any] = {"vision_cfg": vision_cfg}
     if not cfg.vision_pretrained:
         kwargs["text_cfg"] = {"context_length": 8, "vocab_size": 16, "width": 32, "heads": 1, "layers": 1}
-    clip = open_clip.create_model(
-        name,
-        pretrained=cfg.vision_pretrained or None,
-        pretrained_text=False,
-        pretrained_image=False,
-        **kwargs,
-    )
+    try:
+        clip = open_clip.create_model(
+            name,
+            pretrained=cfg.vision_pretrained or None,
+            pretrained_text=False,
+            pretrained_image=False,
+            **kwargs,
+        )
+    except RuntimeError as err:  # an unknown tag, a missing file, or a download refused offline
+        raise ValueError(f"vision tower {name!r} with pretrained={cfg.vision_pretrained!r}: {err} "
+                         f"(a tag needs network once; offline, give a local checkpoint file)") from err
     visual = clip.visual
     if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "conv1"):
         raise ValueError(f"{name}: the student needs an open_clip VisionTransformer tower")
@@ -307,7 +306,3 @@ def create_student(cfg: StudentConfig, tokenizer) -> StudentModel:
         )
     return StudentModel(cfg, tokenizer)
 
-
-def describe(model: StudentModel) -> str:
-    n = sum(p.numel() for p in model.parameters())
-    return json.dumps({"parameters": n, "grid": model.grid, "image_size": model.image_size})

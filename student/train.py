@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -219,6 +220,14 @@ def _save_state(accelerator, out_dir: Path, state: TrainState, scheduler, keep: 
     accelerator.wait_for_everyone()
 
 
+def _clear_previous_run(out_dir: Path) -> None:
+    """A fresh run in a used folder: drop the old run's states and results (only the files this
+    module writes), so old step_N folders are neither kept as newest nor mistaken for resumable."""
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    for name in (ckpt.WEIGHTS, ckpt.THRESHOLDS, ckpt.METRICS, ckpt.CONFIG, "train_log.csv"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def _json_default(obj):
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
@@ -353,6 +362,9 @@ def train(
             scheduler.load_state_dict(blob["scheduler"])
             log.info("resumed from %s (step %d)", resumed_from, state.step)
 
+    if resumed_from is None and accelerator.is_main_process:
+        _clear_previous_run(out_dir)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         cfglib.save_json({**cfglib.to_dict(cfg), "model": cfglib.to_dict(model_cfg), "seed": seed},
                          out_dir / "training_config.json")
@@ -370,7 +382,7 @@ def train(
 
     # --- loop
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc="student")
-    running: dict[str, float] = {}
+    running: dict[str, torch.Tensor] = {}
     n_running, t_window, img_window = 0, time.time(), 0
     last_val: dict[str, Any] = {}
     best_val: dict[str, Any] | None = None
@@ -398,8 +410,8 @@ def train(
                 state.images += n_img
                 img_window += n_img
                 state.resized += int(batch["resized"])
-                for k, v in {"loss": loss, **terms}.items():
-                    running[k] = running.get(k, 0.0) + float(v.detach())
+                for k, v in {"loss": loss, **terms}.items():  # tensors: no device sync per step
+                    running[k] = running.get(k, 0.0) + v.detach().float()
                 n_running += 1
                 if not accelerator.sync_gradients:
                     continue
@@ -408,12 +420,14 @@ def train(
                 bar.update(1)
                 row: dict[str, Any] = {}
                 if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                    avg = accelerator.reduce(torch.tensor([running[k] / n_running for k in running], device=accelerator.device), "mean")
+                    avg = accelerator.reduce(torch.stack([running[k] / n_running for k in running]), "mean")
                     row = {k: round(float(v), 5) for k, v in zip(running, avg)}
                     row["images_per_s"] = round(img_window / max(time.time() - t_window, 1e-9), 2)
                     running, n_running, t_window, img_window = {}, 0, time.time(), 0
                 if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
+                    t_eval = time.time()
                     last_val = evaluate(accelerator, model, val_dl, cfg, cfg.max_eval_batches)
+                    t_window += time.time() - t_eval  # images/s counts training time only
                     row.update(val_loss=round(last_val["loss"], 5), val_micro_auc=last_val.get("micro_auc"),
                                val_macro_auc=last_val.get("macro_auc"))
                     score = _score(last_val, cfg.select_metric)
@@ -563,7 +577,11 @@ def main(argv: list[str] | None = None, prog: str = "kdistill student train") ->
     if args.config and "student" in (cfglib.read_yaml(args.config) or {}):
         section = "student"
     cfg = cfglib.load(StageConfig, args.config, args.overrides, section=section)
-    metrics = train_from_paths(cfg, args.out, args.prepared, args.tokenizer, args.rationales, args.resume, args.seed)
+    try:
+        metrics = train_from_paths(cfg, args.out, args.prepared, args.tokenizer, args.rationales, args.resume, args.seed)
+    except NonFiniteLoss as err:
+        print(f"{prog}: stopped: {err}", file=sys.stderr)
+        return 1
     v = metrics["validation"]
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

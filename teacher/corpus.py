@@ -69,15 +69,16 @@ def split_holdout(docs: list[dict[str, Any]], fraction: float, seed: int) -> tup
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
 
 
-def pair_examples(docs: list[dict[str, Any]], seed: int, copies: int = 1) -> list[Example]:
+def pair_examples(docs: list[dict[str, Any]], seed: int, copies: int = 1,
+                  reports: dict[frozenset, list[str]] | None = None) -> list[Example]:
     """Prompt -> rationale pairs from the rationale docs.
 
-    Corpus docs have no report, so a pair's "Report:" is either empty or a short one written
-    from the doc's findings the way a radiology report states them: the findings with their
-    attributes plus a few negated other findings ("No pneumothorax."). The negations matter: a
-    real report names findings the study does not have, and a teacher that learned "a finding
-    named in the report gets a rationale" writes about them. (A random other doc as the report
-    was worse still: the teacher followed the wrong text.)
+    Corpus docs have no report. When ``reports`` (``report_bank``: real train-split reports by
+    their set of positive findings) has reports with the doc's exact finding set, a pair's
+    "Report:" is one of them: the teacher learns to read real reports, which is what it sees at
+    generation. Otherwise it is empty or a short one written from the doc's findings plus a few
+    negated others (``pseudo_report``). On the phantom, the teacher trained on pseudo reports only
+    wrote consistent rationales for 38% of real-report prompts vs 60% with the report left out.
     """
     rng = random.Random(seed)
     out = []
@@ -85,11 +86,49 @@ def pair_examples(docs: list[dict[str, Any]], seed: int, copies: int = 1) -> lis
         for doc in docs:
             if doc.get("kind") != "rationale":
                 continue
-            report = pseudo_report(doc, rng) if rng.random() < 0.7 else ""
+            real = (reports or {}).get(frozenset(f for f in doc.get("findings") or [] if f != "No Finding"))
+            if real and rng.random() < 0.8:
+                report = rng.choice(real)
+            else:
+                report = pseudo_report(doc, rng) if rng.random() < 0.7 else ""
             # The target keeps its leading space: byte-level BPE then splits prompt and target
             # exactly as at generation, where the model continues right after "Rationale:".
             out.append(Example(format_prompt(doc_mentions(doc), report), " " + doc["text"].strip()))
     return out
+
+
+def report_bank(studies: Sequence[Any]) -> dict[frozenset, list[str]]:
+    """Reports of (train-split) studies keyed by their set of positive findings; studies with an
+    uncertain finding are left out (corpus docs state findings as certain)."""
+    bank: dict[frozenset, list[str]] = {}
+    for study in studies:
+        labels = list(study.labels)
+        if any(v == -1.0 for v in labels) or not study.report.strip():
+            continue
+        positive = frozenset(name for name, v in zip(FINDINGS, labels) if v == 1.0 and name != "No Finding")
+        bank.setdefault(positive, []).append(study.report)
+    return bank
+
+
+def load_report_bank(data_root: str | Path | None) -> dict[frozenset, list[str]]:
+    """``report_bank`` of a dataset root's train split; {} (pseudo reports only) when there is no
+    root or no loadable studies."""
+    import logging
+
+    if data_root is None:
+        return {}
+    try:
+        from kdistill.data.mimic import load_studies
+
+        studies = load_studies(data_root, splits=["train"], on_error="skip")
+    except Exception as err:  # the teacher can still learn from pseudo reports; say why
+        logging.getLogger(__name__).warning("no train-split reports from %s for teacher prompts (%s); "
+                                            "using pseudo reports only", data_root, err)
+        return {}
+    bank = report_bank(studies)
+    logging.getLogger(__name__).info("report bank: %d train reports over %d finding sets",
+                                     sum(len(v) for v in bank.values()), len(bank))
+    return bank
 
 
 def pseudo_report(doc: dict[str, Any], rng: random.Random | None = None) -> str:

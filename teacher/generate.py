@@ -17,9 +17,10 @@ import hashlib
 import importlib.util
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -46,15 +47,15 @@ class StageConfig:
     data_root: str | None = None  # default: the run's dataset root
     splits: list[str] = dataclasses.field(default_factory=lambda: ["train", "validate"])
     backend: Literal["hf", "vllm"] = "hf"
-    batch_size: int = 32
-    max_new_tokens: int = 96
+    batch_size: int = 16  # best on a 2-core CPU (64 wastes decode steps on finished rows); raise on a GPU
+    max_new_tokens: int = 256  # phantom rationales: 95th percentile ~215 tokens
     context: int = 0  # prompt + rationale tokens; 0: the model's max_position_embeddings
     do_sample: bool = False  # greedy by default
     temperature: float = 1.0
     top_p: float = 1.0
     num_beams: int = 1
     max_retries: int = 3  # sampled regenerations of an inconsistent rationale
-    retry_temperature: float = 0.8
+    retry_temperature: float = 0.7
     dtype: str = "float32"
     cpu: bool = False
     threads: int = 0
@@ -73,6 +74,12 @@ def gen_config_hash(cfg: StageConfig) -> str:
 
 
 # --- backends ---------------------------------------------------------------------------------
+
+class Generated(NamedTuple):
+    text: str
+    ids: list[int]  # generated token ids, EOS and padding removed
+    embedding: np.ndarray | None = None  # pooled last hidden state, when decoding produced it
+
 
 class HFBackend:
     """Batched decoding with transformers: left padding, KV cache, OOM -> halve the batch."""
@@ -114,13 +121,11 @@ class HFBackend:
                     torch.cuda.empty_cache()
         return out
 
-    def generate(self, prompts: list[str], sample: bool, seed: int,
-                 temperature: float = 1.0) -> list[tuple[str, list[int]]]:
-        """(text, token ids) per prompt, EOS and padding removed."""
+    def generate(self, prompts: list[str], sample: bool, seed: int, temperature: float = 1.0) -> list[Generated]:
         return self._chunked(prompts, lambda chunk: self._generate(chunk, sample, seed, temperature))
 
     @torch.no_grad()
-    def _generate(self, prompts: list[str], sample: bool, seed: int, temperature: float) -> list[tuple[str, list[int]]]:
+    def _generate(self, prompts: list[str], sample: bool, seed: int, temperature: float) -> list[Generated]:
         from transformers import GenerationConfig
 
         ids, mask = self._left_pad([self.prompt_ids(p) for p in prompts])
@@ -134,14 +139,32 @@ class HFBackend:
         )
         if sample:
             torch.manual_seed(seed)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        # The embedding comes from decoding itself: the last hidden state of each step is the
+        # state of the rationale token fed at that step, so no second forward pass is needed.
+        # (Beams reorder rows between steps: those get a separate pass in ``embed``.)
+        states: list[torch.Tensor] = []
+        hook = None
+        if gen.num_beams == 1:
+            hook = self.model.base_model.register_forward_hook(
+                lambda module, args, output: states.append(_last_hidden(output)[:, -1].float().cpu()))
+        try:
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        finally:
+            if hook is not None:
+                hook.remove()
         results = []
-        for row in out[:, ids.shape[1]:].tolist():
+        for b, row in enumerate(out[:, ids.shape[1]:].tolist()):
             if self.tok.eos_token_id in row:
                 row = row[: row.index(self.tok.eos_token_id)]
             row = [t for t in row if t != self.tok.pad_token_id]
             self.tokens += len(row)
-            results.append((self.tok.decode(row, skip_special_tokens=True).strip(), row))
+            emb = None
+            # states[0]: the prompt (prefill); states[1 + j]: rationale token j being fed. A row cut
+            # at max_new_tokens never fed its last token: it is left to ``embed`` (emb None).
+            fed = states[1: 1 + len(row)]
+            if states and len(fed) == len(row):
+                emb = (torch.stack([s[b] for s in fed]).mean(0) if fed else states[0][b]).numpy().astype(np.float32)
+            results.append(Generated(self.tok.decode(row, skip_special_tokens=True).strip(), row, emb))
         return results
 
     def embed(self, prompts: list[str], rationale_ids: list[list[int]]) -> list[np.ndarray]:
@@ -178,8 +201,7 @@ class VLLMBackend(HFBackend):
         self.llm = vllm.LLM(model=str(merged), dtype=cfg.dtype if cfg.dtype != "float32" else "auto",
                             seed=cfg.seed, trust_remote_code=False)
 
-    def generate(self, prompts: list[str], sample: bool, seed: int,
-                 temperature: float = 1.0) -> list[tuple[str, list[int]]]:
+    def generate(self, prompts: list[str], sample: bool, seed: int, temperature: float = 1.0) -> list[Generated]:
         params = self._vllm.SamplingParams(
             max_tokens=self.cfg.max_new_tokens, seed=seed,
             temperature=temperature if sample else 0.0,
@@ -190,7 +212,7 @@ class VLLMBackend(HFBackend):
         for res in self.llm.generate(requests, params):
             ids = [t for t in res.outputs[0].token_ids if t not in (self.tok.eos_token_id, self.tok.pad_token_id)]
             self.tokens += len(ids)
-            results.append((res.outputs[0].text.strip(), ids))
+            results.append(Generated(res.outputs[0].text.strip(), ids))
         return results
 
 
@@ -255,7 +277,10 @@ def generate_rationales(
             groups.setdefault(prompt.text, []).append(i)
     # Longest first (an OOM shows up at once), ties by hash: the same order on every rank and
     # every rerun, so a resumed run forms the same batches as an uninterrupted one.
-    units = sorted(groups.items(), key=lambda kv: (-count(kv[0]), hashlib.sha256(kv[0].encode()).hexdigest()))
+    # Batches of similar output length waste fewer decode steps: a rationale's length follows
+    # its number of findings, so sort by that first, then by prompt length.
+    units = sorted(groups.items(), key=lambda kv: (-_n_findings(kv[0]), -count(kv[0]),
+                                                   hashlib.sha256(kv[0].encode()).hexdigest()))
     units = _round_robin_order(units, state.num_processes)
     if done:
         log.info("resuming: %d studies already in %s, %d to go", len(done), out_dir, sum(len(v) for _, v in units))
@@ -278,6 +303,8 @@ def generate_rationales(
             bar.set_postfix(tok_s=f"{backend.tokens / max(time.time() - started, 1e-9):.0f}")
         bar.close()
     seconds = time.time() - started
+    if isinstance(backend, VLLMBackend):  # the merged copy was only for vllm to load
+        shutil.rmtree(out_dir / ".merged", ignore_errors=True)
     log.info("rank %d wrote %d rows (%d generated tokens) in %.1fs", state.process_index, writer.written,
              backend.tokens, seconds)
     state.wait_for_everyone()
@@ -325,9 +352,12 @@ def _generate_batch(batch, studies, built, backend, label_fn, cfg: StageConfig, 
             tries[j] = attempt + 1
             if good:  # else keep the first (greedy, reproducible) one and flag it
                 outputs[j], ok[j] = out, True
-    embeddings = backend.embed(prompts, [ids for _, ids in outputs])
+    missing = [j for j, g in enumerate(outputs) if g.embedding is None]  # vllm, beams
+    if missing:
+        for j, emb in zip(missing, backend.embed([prompts[j] for j in missing], [outputs[j].ids for j in missing])):
+            outputs[j] = outputs[j]._replace(embedding=emb)
     rows = []
-    for (prompt, idxs), (text, _), good, n, emb in zip(batch, outputs, ok, tries, embeddings):
+    for (prompt, idxs), (text, _, emb), good, n in zip(batch, outputs, ok, tries):
         for i in idxs:
             rows.append({
                 "study_id": studies[i].study_id, "prompt": prompt, "rationale": text, "teacher_id": teacher_id,
@@ -339,8 +369,17 @@ def _generate_batch(batch, studies, built, backend, label_fn, cfg: StageConfig, 
 
 def _check(outputs, units, studies, label_fn) -> list[bool]:
     """A prompt's rationale is good when it is consistent with every study sharing the prompt."""
-    labels = np.asarray(label_fn([text for text, _ in outputs]))
+    labels = np.asarray(label_fn([g.text for g in outputs]))
     return [all(is_consistent(lab, studies[i].labels) for i in idxs) for lab, (_, idxs) in zip(labels, units)]
+
+
+def _n_findings(prompt: str) -> int:
+    line = prompt.rsplit("\nFindings: ", 1)[-1].split("\n", 1)[0]
+    return 0 if line == "none" else line.count(";") + 1
+
+
+def _last_hidden(output) -> torch.Tensor:
+    return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
 
 def _round_robin_order(items: list, n: int) -> list:

@@ -49,18 +49,36 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def batches(rows, batch_size: int, pad_id: int, seed: int, epoch: int) -> list[dict[str, torch.Tensor]]:
-    """One epoch of shuffled batches; rows of similar length share a batch (less padding)."""
+def grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of shuffled index batches; rows of similar length share a batch (little
+    padding), while the order of batches stays random. Same (seed, epoch) -> same batches."""
     rng = random.Random(seed * 1000 + epoch)
-    order = list(range(len(rows)))
+    order = list(range(len(lengths)))
     rng.shuffle(order)
-    # sort inside windows of 50 batches: similar lengths together, order still random
-    window = batch_size * 50
-    order = [i for s in range(0, len(order), window)
-             for i in sorted(order[s:s + window], key=lambda j: len(rows[j][0]))]
+    window = batch_size * 50  # sort inside windows of 50 batches
+    order = [i for s in range(0, len(order), window) for i in sorted(order[s:s + window], key=lambda j: lengths[j])]
     chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     rng.shuffle(chunks)
-    return [collate([rows[i] for i in chunk], pad_id) for chunk in chunks]
+    return chunks
+
+
+class GroupedBatchSampler(torch.utils.data.Sampler):
+    """``grouped_batches`` as a batch sampler (for a DataLoader that accelerate shards); set
+    ``epoch`` before each pass."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def __iter__(self):
+        return iter(grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def batches(rows, batch_size: int, pad_id: int, seed: int, epoch: int) -> list[dict[str, torch.Tensor]]:
+    lengths = [len(ids) for ids, _ in rows]
+    return [collate([rows[i] for i in chunk], pad_id) for chunk in grouped_batches(lengths, batch_size, seed, epoch)]
 
 
 def infinite_batches(rows, batch_size: int, pad_id: int, seed: int, start_epoch: int = 0) -> Iterator:

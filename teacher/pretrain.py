@@ -34,15 +34,17 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class StageConfig:
     corpus: str | None = None  # default: <data root>/corpus/corpus.jsonl
+    reports: bool = True  # train-split reports of the data root as the pairs' reports
     model_config: str = "llama_3m"  # name in teacher/configs/ or a JSON path
     vocab_size: int = 2000  # upper bound; a templated corpus yields fewer merges
-    max_length: int = 256
-    steps: int = 500
+    max_length: int = 384
+    steps: int = 400
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01
     pair_copies: int = 1  # times each prompt -> rationale pair is mixed in
+    textbook: bool = False  # textbook docs as plain text besides the pairs (dilutes them at a fixed step budget)
     filter_inconsistent: bool = True  # drop rationale docs the labeler reads against their findings
     eval_fraction: float = 0.05
     seed: int = 0
@@ -77,7 +79,8 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path | None = No
     return tok
 
 
-def pretrain(cfg: StageConfig, corpus_path: str | Path, out_dir: str | Path, label_fn=None) -> dict[str, Any]:
+def pretrain(cfg: StageConfig, corpus_path: str | Path, out_dir: str | Path, label_fn=None,
+             data_root: str | Path | None = None) -> dict[str, Any]:
     """Tokenizer + small Llama pretrained on the corpus into ``out_dir``; returns the figures.
     ``label_fn`` (default: the project's labeler) checks rationale docs when filtering."""
     out_dir = Path(out_dir)
@@ -96,8 +99,9 @@ def pretrain(cfg: StageConfig, corpus_path: str | Path, out_dir: str | Path, lab
     train_docs, eval_docs = corpuslib.split_holdout(docs, cfg.eval_fraction, cfg.seed)
     # Rationale docs enter as pair targets (conditioned on their prompt), textbook docs as text:
     # the model learns the language and, above all, which rationale a findings line asks for.
-    pairs = corpuslib.pair_examples(train_docs, cfg.seed, copies=cfg.pair_copies)
-    texts = corpuslib.text_examples(train_docs, kinds=("textbook",))
+    bank = corpuslib.load_report_bank(data_root) if cfg.reports else {}
+    pairs = corpuslib.pair_examples(train_docs, cfg.seed, copies=cfg.pair_copies, reports=bank)
+    texts = corpuslib.text_examples(train_docs, kinds=("textbook",)) if cfg.textbook else []
     tok = train_tokenizer([d["text"] for d in all_docs] + [p.prompt for p in pairs], cfg.vocab_size, out_dir)
     model = build_llama(resolve_config(cfg.model_config), len(tok), tok)
     model.config.max_position_embeddings = max(model.config.max_position_embeddings, cfg.max_length)
@@ -106,8 +110,8 @@ def pretrain(cfg: StageConfig, corpus_path: str | Path, out_dir: str | Path, lab
              n_params / 1e6, len(tok), len(texts), len(pairs), cfg.steps)
 
     rows = lm_data.encode(texts + pairs, tok, cfg.max_length)
-    eval_rows = lm_data.encode(corpuslib.text_examples(eval_docs, kinds=("textbook",))
-                               + corpuslib.pair_examples(eval_docs, cfg.seed + 1), tok, cfg.max_length)
+    eval_rows = lm_data.encode(corpuslib.text_examples(eval_docs, kinds=("textbook",) if cfg.textbook else ())
+                               + corpuslib.pair_examples(eval_docs, cfg.seed + 1, reports=bank), tok, cfg.max_length)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lm_data.warmup_cosine(cfg.warmup_steps, cfg.steps))
     model.train()
@@ -155,13 +159,13 @@ def default_corpus(data_root: str | Path) -> Path:
 
 def run_stage(cfg: StageConfig, ctx) -> dict[str, Any]:
     corpus = cfg.corpus or default_corpus(ctx.data_root)
-    return pretrain(cfg, corpus, ctx.stage_dir("teacher_pretrain"))
+    return pretrain(cfg, corpus, ctx.stage_dir("teacher_pretrain"), data_root=ctx.data_root)
 
 
 def main(argv: list[str] | None = None, prog: str = "kdistill teacher pretrain") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", help="corpus.jsonl (or give --data-root)")
-    parser.add_argument("--data-root", help="dataset root holding corpus/corpus.jsonl")
+    parser.add_argument("--data-root", help="dataset root: corpus/corpus.jsonl and train-split reports for the prompts")
     parser.add_argument("--out", required=True, help="output folder for the base model + tokenizer")
     parser.add_argument("--config", help="YAML with StageConfig keys (or a run config; see --section)")
     parser.add_argument("--section", help="section of --config to read, e.g. teacher_pretrain")
@@ -171,6 +175,6 @@ def main(argv: list[str] | None = None, prog: str = "kdistill teacher pretrain")
     corpus = args.corpus or cfg.corpus or (default_corpus(args.data_root) if args.data_root else None)
     if corpus is None:
         raise DataError(None, "give --corpus PATH or --data-root ROOT")
-    result = pretrain(cfg, corpus, args.out)
+    result = pretrain(cfg, corpus, args.out, data_root=args.data_root)
     print(json.dumps(result, indent=2))
     return 0

@@ -9,7 +9,7 @@ from kdistill import config as cfglib
 from student import StudentConfig, create_student
 from student.data import to_float_images
 from student.losses import LossWeights, student_loss
-from student.synthetic import TINY_MODEL, make_prepared, make_rationales, make_tokenizer
+from student.synthetic import TINY_MODEL, make_prepared, make_tokenizer
 from student.text import IGNORE_INDEX, TokenSpec
 
 

@@ -262,3 +262,59 @@ def test_images_of_the_wrong_size_are_resized_and_counted(toy, tmp_path):
     metrics = train(_cfg(max_steps=2, loss={"kd": 0, "emb": 0}), tmp_path, prep, tok, None)
     assert metrics["resized_images"] == {"train": 16, "validate": 8}
     assert metrics["resized_image_reads"] == 2 * 8
+
+
+def test_pipeline_stage_reads_the_upstream_folders(toy, tmp_path):
+    from kdistill.pipeline import RunContext
+
+    prep, tok, rat = toy
+    ctx = RunContext(run_dir=tmp_path, name="t", seed=3)
+    prep.save_to_disk(str(ctx.stage_dir("prepare") / "dataset"))
+    tok.save_pretrained(str(ctx.stage_dir("teacher_train")))
+    rat.save_to_disk(str(ctx.stage_dir("teacher_generate") / "dataset"))
+    ctx.stage_dir("student").mkdir()
+    summary = train_mod.run_stage(_cfg(max_steps=2), ctx)
+    assert summary["steps"] == 2 and summary["missing_rationales"] == 0
+    assert student.load(ctx.stage_dir("student")).cfg.teacher_embed_dim == 16
+    assert json.loads((ctx.stage_dir("student") / "training_config.json").read_text())["seed"] == 3
+
+
+def test_gradient_accumulation_matches_one_big_batch(toy, tmp_path):
+    prep, tok, _ = toy
+    # Classification only, every label kept: the loss is a plain mean, so two accumulated
+    # half-batches give the gradient of the whole batch.
+    common = {"max_steps": 2, "save_every": 2, "eval_every": 2, "uncertain": "zeros", "blank": "zeros",
+              "loss": {"rep": 0, "kd": 0, "emb": 0}}
+    train(_cfg(batch_size=4, grad_accum=2, **common), tmp_path / "acc", prep, tok, None)
+    train(_cfg(batch_size=8, **common), tmp_path / "big", prep, tok, None)
+    train(_cfg(batch_size=4, **common), tmp_path / "small", prep, tok, None)
+    w = {k: load_file(str(tmp_path / k / "checkpoints" / "step_2" / "model.safetensors")) for k in ("acc", "big", "small")}
+    gap = max(float((w["acc"][k] - w["big"][k]).abs().max()) for k in w["big"])
+    control = max(float((w["small"][k] - w["big"][k]).abs().max()) for k in w["big"])
+    assert gap < 1e-4 and control > 10 * gap, (gap, control)
+
+
+def test_bf16_mixed_precision_trains_on_cpu(toy, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    prep, tok, rat = toy
+    # accelerate fixes the precision once per process; a real run is its own process, here the
+    # other tests' fp32 state is cleared before and after (accelerate's own tests do the same).
+    AcceleratorState._reset_state()
+    try:
+        metrics = train(_cfg(max_steps=2, mixed_precision="bf16"), tmp_path, prep, tok, rat)
+    finally:
+        AcceleratorState._reset_state()
+    assert metrics["mixed_precision"] == "bf16" and metrics["steps"] == 2
+    assert np.isfinite(metrics["validation"]["loss"])
+
+
+def test_a_fresh_run_in_a_used_folder_drops_the_old_runs_states(toy, tmp_path):
+    prep, tok, _ = toy
+    cls_only = {"loss": {"rep": 0, "kd": 0, "emb": 0}}
+    train(_cfg(max_steps=4, save_every=2, keep_checkpoints=5, **cls_only), tmp_path, prep, tok, None)
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"step_2", "step_4"}
+    train(_cfg(max_steps=2, save_every=1, keep_checkpoints=1, **cls_only), tmp_path, prep, tok, None)
+    # the old step_4 must not survive as "newest" and push out the new run's own state
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"step_2"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 2

@@ -69,14 +69,22 @@ def test_batched_left_padded_greedy_equals_one_by_one(teacher_dir):
     single = gen.HFBackend(model, tok, _cfg(batch_size=1), "cpu")
     out_b = batched.generate(prompts, sample=False, seed=0)
     out_s = single.generate(prompts, sample=False, seed=0)
-    assert [t for t, _ in out_b] == [t for t, _ in out_s]
-    assert [ids for _, ids in out_b] == [ids for _, ids in out_s]
-    assert sum(len(ids) > 5 for _, ids in out_b) == len(prompts)  # real sentences, not empty strings
-    emb_b = batched.embed(prompts, [ids for _, ids in out_b])
-    emb_s = single.embed(prompts, [ids for _, ids in out_s])
-    for a, b in zip(emb_b, emb_s):
+    assert [g.text for g in out_b] == [g.text for g in out_s]
+    assert [g.ids for g in out_b] == [g.ids for g in out_s]
+    assert sum(len(g.ids) > 5 for g in out_b) == len(prompts)  # real sentences, not empty strings
+    # embeddings taken while decoding == a separate forward pass over prompt + rationale, batched or not
+    emb_b = batched.embed(prompts, [g.ids for g in out_b])
+    emb_s = single.embed(prompts, [g.ids for g in out_s])
+    assert any(g.embedding is not None for g in out_b)
+    for g_b, g_s, a, b in zip(out_b, out_s, emb_b, emb_s):
         assert a.dtype == np.float32 and a.shape == (model.config.hidden_size,)
         np.testing.assert_allclose(a, b, atol=1e-5)
+        if len(g_b.ids) == 40:  # cut at max_new_tokens: its last token was never fed, embed() does it
+            assert g_b.embedding is None and g_s.embedding is None
+            continue
+        assert g_b.embedding.dtype == np.float32
+        np.testing.assert_allclose(g_b.embedding, a, atol=1e-5)
+        np.testing.assert_allclose(g_s.embedding, a, atol=1e-5)
 
 
 def test_identical_prompts_are_generated_once_and_every_study_gets_its_row(teacher_dir, tmp_path, monkeypatch):
@@ -159,7 +167,7 @@ def test_consistency_flags_and_sampled_retries(teacher_dir, tmp_path, monkeypatc
     def tagged(self, prompts, sample, seed, temperature=1.0):
         calls["n"] += 1
         outs = real(self, prompts, sample, seed, temperature)
-        return [(("SAMPLED " if sample else "GREEDY ") + text, ids) for text, ids in outs]
+        return [g._replace(text=("SAMPLED " if sample else "GREEDY ") + g.text) for g in outs]
 
     monkeypatch.setattr(gen.HFBackend, "generate", tagged)
     prompt_of = {gen.prompt_for_study(s).text: s.study_id for s in studies}
@@ -175,9 +183,9 @@ def test_consistency_flags_and_sampled_retries(teacher_dir, tmp_path, monkeypatc
     orig_check = gen._check
 
     def check(outputs, units, studies_, fn):
-        for (text, _), (_, idxs) in zip(outputs, units):
-            if text.startswith("SAMPLED"):
-                by_text[text] = positives[studies_[idxs[0]].study_id]
+        for g, (_, idxs) in zip(outputs, units):
+            if g.text.startswith("SAMPLED"):
+                by_text[g.text] = positives[studies_[idxs[0]].study_id]
         return orig_check(outputs, units, studies_, fn)
 
     monkeypatch.setattr(gen, "_check", check)
@@ -277,6 +285,7 @@ def test_vllm_backend_is_refused_without_vllm_and_used_with_it(teacher_dir, tmp_
     class FakeLLM:  # the slice of vllm.LLM the backend uses
         def __init__(self, model, **kwargs):
             made["model_dir"] = model
+            made["had_config"] = (Path(model) / "config.json").is_file()
             made["kwargs"] = kwargs
 
         def generate(self, requests, params):
@@ -292,7 +301,8 @@ def test_vllm_backend_is_refused_without_vllm_and_used_with_it(teacher_dir, tmp_
     _run(toy_studies(2), teacher_dir, tmp_path / "v", backend="vllm")
     rows = _rows(tmp_path / "v")
     assert [r["rationale"] for r in rows] == ["Blunting indicates pleural effusion."] * 2
-    assert (Path(made["model_dir"]) / "config.json").is_file()  # the merged teacher, saved for vllm
+    assert made["had_config"]  # vllm loaded the merged teacher, saved for it ...
+    assert not Path(made["model_dir"]).exists()  # ... and removed after generation
     assert made["params"]["temperature"] == 0.0  # greedy
     assert made["kwargs"]["trust_remote_code"] is False
 

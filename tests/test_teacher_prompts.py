@@ -176,3 +176,19 @@ def test_encode_masks_the_prompt_and_keeps_the_target_when_cut():
 def test_consistency_rule(rationale, study, expected):
     r = np.asarray(_labels(**rationale), dtype=np.float32)  # numpy float32, as the labeler returns
     assert is_consistent(r, _labels(**study)) is expected
+
+
+def test_pairs_use_real_reports_with_the_same_finding_set():
+    effusion = _study(_labels(Pleural_Effusion=1.0, Edema=0.0), findings="Small left pleural effusion. No edema.")
+    hedged = _study(_labels(Pleural_Effusion=1.0, Edema=-1.0), findings="Effusion. Possible edema.")
+    normal = _study(_labels(No_Finding=1.0), findings="The lungs are clear.")
+    bank = corpuslib.report_bank([effusion, hedged, normal])
+    # keyed by positive findings ("No Finding" aside); studies with uncertain findings left out
+    assert bank == {frozenset({"Pleural Effusion"}): [effusion.report], frozenset(): [normal.report]}
+    docs = [{"kind": "rationale", "text": "Meniscus: effusion.", "findings": ["Pleural Effusion"], "attributes": {}},
+            {"kind": "rationale", "text": "Wide heart.", "findings": ["Cardiomegaly"], "attributes": {}}]
+    pairs = corpuslib.pair_examples(docs, seed=0, copies=20, reports=bank)
+    effusion_reports = {p.prompt.splitlines()[0] for p in pairs if p.target == " Meniscus: effusion."}
+    assert f"Report: {' '.join(effusion.report.split())}" in effusion_reports
+    cardio_reports = {p.prompt.splitlines()[0] for p in pairs if p.target == " Wide heart."}
+    assert not any("pleural effusion." in r.lower() and "no pleural" not in r.lower() for r in cardio_reports)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from tqdm import tqdm
 
 from kdistill.config import write_text_atomic
 from kdistill.data.images import read_resized_uint8
@@ -167,10 +168,10 @@ def prepare(
     if n_workers > 1:
         # spawn, not fork: the pipeline may already hold threads (torch, tokenizers) that fork would copy mid-lock.
         with multiprocessing.get_context("spawn").Pool(n_workers) as pool:
-            for _ in pool.imap_unordered(_write_shard, todo):
+            for _ in tqdm(pool.imap_unordered(_write_shard, todo), total=len(todo), desc="prepare", unit="shard"):
                 pass
     else:
-        for task in todo:
+        for task in tqdm(todo, desc="prepare", unit="shard"):
             _write_shard(task)
 
     counts = _assemble(out, size, tasks_by_split, tasks, counter)
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data prepare") -> 
                                      "Arrow cache (datasets DatasetDict) that training reads.")
     parser.add_argument("root", help="dataset root (MIMIC-CXR-JPG v2 layout)")
     parser.add_argument("--size", type=int, default=128, help="prepared images are SIZE x SIZE (default 128)")
-    parser.add_argument("--out", required=True, help="output folder (meta.json + dataset/)")
+    parser.add_argument("--out", help="output folder (meta.json + dataset/); default ROOT/prepared_SIZE")
     parser.add_argument("--workers", type=int, default=0, help="processes (default 0: one per CPU core)")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="stop at the first bad file (default) or skip and count it")
@@ -362,6 +363,8 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data prepare") -> 
                         help="one image per study (default) or one row per image")
     parser.add_argument("--views", default="PA,AP", help="comma-separated ViewPositions, or 'all' (default PA,AP)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = str(Path(args.root) / f"prepared_{args.size}")
     views = None if args.views.lower() == "all" else [v.strip().upper() for v in args.views.split(",") if v.strip()]
     try:
         StageConfig(size=args.size, workers=args.workers, shard_size=args.shard_size).validate()
