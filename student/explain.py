@@ -140,25 +140,18 @@ def explain_prepared(checkpoint: Path, prepared: Path, out_dir: Path, cfg: Stage
 
 
 def explain_files(checkpoint: Path, paths: Sequence[Path], out_dir: Path, cfg: StageConfig) -> dict:
-    from kdistill.data.images import read_image
+    from kdistill.data.images import read_image, resize
 
     import student
 
     model = student.load(checkpoint)
-    size = model.image_size
     records = []
     for start in range(0, len(paths), cfg.batch_size):
         chunk = paths[start : start + cfg.batch_size]
-        images = np.stack([_resize(read_image(p), size) for p in chunk])
+        images = np.stack([resize(read_image(p), tuple(model.image_size)) for p in chunk])
         records += explain_batch(model, images, [Path(p).stem for p in chunk], out_dir, cfg.maps_per_study)
     index = write_index(records, out_dir)
     return {"index": str(index), "n_studies": len(records)}
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR)).clip(0, 1)
 
 
 def run_stage(cfg: StageConfig, ctx) -> dict:

@@ -45,3 +45,33 @@ def test_overlay_leaves_zero_map_pixels_unchanged():
     expected = (255 * image).astype(np.uint8)
     assert np.array_equal(rgb[1:, :, 0], expected[1:, :]) and np.array_equal(rgb[1:, :, 2], expected[1:, :])
     assert not np.array_equal(rgb[0, 0], np.repeat(expected[0, 0], 3))
+
+
+def test_kdistill_explain_on_image_files_with_a_real_checkpoint(tmp_path):
+    import torch
+
+    import student
+    from kdistill.cli import main
+    from student import checkpoint as ckpt
+    from kdistill import config as cfglib
+    from student.synthetic import TINY_MODEL, make_prepared, make_tokenizer
+
+    torch.manual_seed(0)
+    prep = make_prepared(8, 4, size=32)
+    tok = make_tokenizer(prep)
+    model = student.create_student(cfglib.from_dict(student.StudentConfig, {**TINY_MODEL, "teacher_embed_dim": 16}), tok)
+    ckpt.save_weights(model.cfg, model.state_dict(), tmp_path / "ckpt")
+    ckpt.save_tokenizer(tok, tmp_path / "ckpt")
+    ckpt.save_thresholds(np.full(14, 0.5), tmp_path / "ckpt")
+    paths = []
+    for i in range(3):  # files of another size than the model's: resized on the way in
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.asarray(prep["test"]["image"][i], dtype=np.uint8)).resize((40, 40)).save(path)
+        paths.append(str(path))
+    assert main(["explain", str(tmp_path / "ckpt"), "--images", *paths, "--out", str(tmp_path / "out")]) == 0
+    explained = sorted(p.parent.name for p in (tmp_path / "out").glob("*/explanation.json"))
+    assert explained == ["img0", "img1", "img2"]
+    record = json.loads((tmp_path / "out" / "img0" / "explanation.json").read_text())
+    assert set(record["probabilities"]) == set(FINDINGS) and isinstance(record["report"], str)
+    assert len(record["maps"]) >= 3 and all((tmp_path / "out" / "img0" / f).is_file() for f in record["maps"].values())
+    assert "img2" in (tmp_path / "out" / "index.html").read_text()
