@@ -38,7 +38,7 @@ class StageConfig:
     model_config: str = "llama_3m"  # name in teacher/configs/ or a JSON path
     vocab_size: int = 2000  # upper bound; a templated corpus yields fewer merges
     max_length: int = 384
-    steps: int = 400
+    steps: int = 600
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 30
