@@ -5,7 +5,9 @@ shape (B, 1, H, W), at ``image_size``; ``predict`` (student.inference) accepts a
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 from copy import deepcopy
 from pathlib import Path
@@ -22,6 +24,17 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 
 
 # ----------------------------------------------------------------------------- vision tower
+
+@contextlib.contextmanager
+def _root_log_level(level: int):
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+
 
 def _open_clip_config(name: str) -> tuple[str, dict[str, Any]]:
     """Resolve a config name or JSON path to (registered name, model config dict)."""
@@ -56,14 +69,18 @@ def build_vision_tower(cfg: StudentConfig) -> nn.Module:
     kwargs: dict[str, Any] = {"vision_cfg": vision_cfg}
     if not cfg.vision_pretrained:
         kwargs["text_cfg"] = {"context_length": 8, "vocab_size": 16, "width": 32, "heads": 1, "layers": 1}
+    # open_clip logs through the root logger, and warns "initialized randomly" for every tower
+    # built from a config: expected here (the weights come from training or a checkpoint).
+    quiet = _root_log_level(logging.ERROR if not cfg.vision_pretrained else logging.getLogger().level)
     try:
-        clip = open_clip.create_model(
-            name,
-            pretrained=cfg.vision_pretrained or None,
-            pretrained_text=False,
-            pretrained_image=False,
-            **kwargs,
-        )
+        with quiet:
+            clip = open_clip.create_model(
+                name,
+                pretrained=cfg.vision_pretrained or None,
+                pretrained_text=False,
+                pretrained_image=False,
+                **kwargs,
+            )
     except RuntimeError as err:  # an unknown tag, a missing file, or a download refused offline
         raise ValueError(f"vision tower {name!r} with pretrained={cfg.vision_pretrained!r}: {err} "
                          f"(a tag needs network once; offline, give a local checkpoint file)") from err
