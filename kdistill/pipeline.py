@@ -140,20 +140,26 @@ def run(run_cfg: RunConfig, run_dir: Path, source: str = "<config>", force: bool
         hashes[stage.name] = digest
         out = ctx.stage_dir(stage.name)
         marker = out / MARKER
-        if not force and marker.is_file():
-            previous = json.loads(marker.read_text())
-            if previous.get("hash") == digest:
-                ctx.outputs[stage.name] = previous.get("summary", {})
-                status[stage.name] = "skipped (up to date)"
-                log.info("stage %s: up to date, skipped", stage.name)
-                continue
+        previous = json.loads(marker.read_text()) if marker.is_file() else {}
+        if not force and previous.get("hash") == digest and previous.get("state", "done") == "done":
+            ctx.outputs[stage.name] = previous.get("summary", {})
+            status[stage.name] = "skipped (up to date)"
+            log.info("stage %s: up to date, skipped", stage.name)
+            continue
+        if previous and (force or previous.get("hash") != digest):
+            # Outputs of another config are stale: a stage must not resume from them. An
+            # interrupted run of the same config (state "running") keeps its partial outputs.
+            _clear_stage_folder(out, run_dir)
+            log.info("stage %s: config changed, cleared %s", stage.name, out)
         log.info("stage %s: running -> %s", stage.name, out)
         out.mkdir(parents=True, exist_ok=True)
+        cfglib.write_text_atomic(marker, json.dumps({"stage": stage.name, "hash": digest, "state": "running"}))
         t0 = time.time()
         summary = importlib.import_module(stage.module).run_stage(cfg, ctx) or {}
         summary = {**summary, "wall_s": round(time.time() - t0, 1)}
         ctx.outputs[stage.name] = summary
-        cfglib.write_text_atomic(marker, json.dumps({"stage": stage.name, "hash": digest, "summary": summary}, indent=2, default=str))
+        cfglib.write_text_atomic(marker, json.dumps({"stage": stage.name, "hash": digest, "state": "done",
+                                                     "summary": summary}, indent=2, default=str))
         status[stage.name] = "done"
         log.info("stage %s: done in %.1fs", stage.name, summary["wall_s"])
     result = {"name": run_cfg.name, "stages": status, "outputs": ctx.outputs, "wall_s": round(time.time() - started, 1)}
@@ -162,6 +168,20 @@ def run(run_cfg: RunConfig, run_dir: Path, source: str = "<config>", force: bool
     if missing:
         log.warning("stages not implemented yet: %s", ", ".join(missing))
     return result
+
+
+def _clear_stage_folder(out: Path, run_dir: Path) -> None:
+    """Empty a stage's folder, keeping the folders of other stages nested in it (teacher/base)."""
+    import shutil
+
+    nested = {(run_dir / s.folder).resolve() for s in STAGES} - {out.resolve()}
+    for entry in out.iterdir():
+        if entry.resolve() in nested:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _needs(stage: Stage) -> list[str]:

@@ -74,3 +74,39 @@ def test_unknown_stage_key_is_an_error(tmp_path, fake_stages):
     path.write_text("name: t\ndata:\n  valu: 3\n")
     with pytest.raises(ConfigError, match="data.valu"):
         pipeline.load_run_config(path)
+
+
+def test_changed_config_clears_stale_outputs_but_keeps_nested_stage_folders(tmp_path, fake_stages, monkeypatch):
+    stages = (
+        Stage("data", "_fake_stage.a", "teacher/base"),  # nested inside the next stage's folder
+        Stage("prepare", "_fake_stage.b", "teacher", ("data",)),
+    )
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    pipeline.run(RunConfig(name="t", stages=["data", "prepare"]), tmp_path)
+    (tmp_path / "teacher" / "stale_shard.jsonl").write_text("made by the old config")
+    pipeline.run(RunConfig(name="t", stages=["data", "prepare"], prepare={"value": 3}), tmp_path)
+    assert not (tmp_path / "teacher" / "stale_shard.jsonl").exists()
+    assert (tmp_path / "teacher" / "base" / "out.txt").read_text() == "1"  # the nested stage survives
+    assert (tmp_path / "teacher" / "out.txt").read_text() == "3"
+
+
+def test_interrupted_stage_of_the_same_config_keeps_its_partial_outputs(tmp_path, fake_stages, monkeypatch):
+    calls = fake_stages
+    crash = {"on": True}
+    seen = []
+
+    def flaky(cfg, ctx):
+        partial = ctx.stage_dir("prepare") / "partial.txt"
+        seen.append(partial.exists())
+        partial.write_text("half")
+        if crash["on"]:
+            raise KeyboardInterrupt
+        return {}
+
+    monkeypatch.setattr(sys.modules["_fake_stage.b"], "run_stage", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(RunConfig(name="t"), tmp_path)
+    crash["on"] = False
+    pipeline.run(RunConfig(name="t"), tmp_path)
+    assert seen == [False, True]  # the rerun found what the interrupted run had written
+    assert json.loads((tmp_path / "prepared" / ".stage.json").read_text())["state"] == "done"
