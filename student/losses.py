@@ -95,6 +95,8 @@ def student_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], w
     if w["kd"]:
         values["kd"] = caption_ce(out["rationale_logits"], batch["rationale_labels"])
     if w["emb"]:
-        has = batch["has_rationale"]
-        values["emb"] = feature_kd(out["embedding"][has], batch["teacher_embedding"][has], weights.temperature)
+        # A split whose studies have no cached rationale carries no teacher embeddings at all.
+        has = batch["has_rationale"] if "teacher_embedding" in batch else torch.zeros(len(out["embedding"]), dtype=torch.bool)
+        teacher = batch.get("teacher_embedding", out["embedding"])
+        values["emb"] = feature_kd(out["embedding"][has], teacher[has], weights.temperature)
     return combine(values, w), values

@@ -102,3 +102,12 @@ def test_student_loss_sums_the_weighted_terms_and_skips_zero_weights():
     # classification only: the decoder outputs are not needed at all
     total, terms = losses.student_loss({"logits": out["logits"]}, batch, losses.LossWeights(rep=0, kd=0, emb=0))
     assert set(terms) == {"cls"} and total.item() == pytest.approx(want["cls"].item())
+
+
+def test_feature_kd_is_zero_for_a_batch_from_a_split_without_any_cached_rationale():
+    # e.g. rationales generated for the train split only: validation batches carry no embeddings
+    out = {"logits": torch.randn(2, 14), "embedding": torch.randn(2, 4, requires_grad=True)}
+    batch = {"targets": torch.zeros(2, 14), "target_mask": torch.ones(2, 14), "has_rationale": torch.tensor([False, False])}
+    total, terms = losses.student_loss(out, batch, losses.LossWeights(rep=0, kd=0, emb=1.0))
+    assert terms["emb"].item() == 0.0 and terms["emb"].requires_grad
+    assert total.item() == pytest.approx(losses.classification_bce(out["logits"], batch["targets"], batch["target_mask"]).item())
