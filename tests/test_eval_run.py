@@ -353,7 +353,6 @@ def test_pipeline_stage_scores_a_checkpoint_with_noise(tiny, tmp_path, monkeypat
     assert (run_dir / "eval" / "summary.md").is_file()
 
 
-@pytest.mark.slow  # ~20 s on 2 cores: torch/open_clip import and greedy report generation
 def test_a_real_student_checkpoint_goes_through_the_adapter(tiny, tmp_path):
     """An untrained tiny student saved as a checkpoint: ``kdistill eval --checkpoint`` runs it on the
     split's images (predictions, thresholds.json, noise study) and writes every output."""

@@ -349,7 +349,6 @@ def _env():
     return env
 
 
-@pytest.mark.slow  # two subprocess start-ups (~20 s here)
 def test_sigkill_mid_generation_then_restart_equals_an_uninterrupted_run(teacher_dir, tmp_path):
     reference = tmp_path / "reference"
     gen.generate_rationales(toy_studies(12), teacher_dir, reference,
@@ -383,7 +382,6 @@ def test_sigkill_mid_generation_then_restart_equals_an_uninterrupted_run(teacher
         np.testing.assert_allclose(g["embedding"], w["embedding"], atol=1e-6)
 
 
-@pytest.mark.slow  # two subprocess start-ups (~20 s here)
 def test_two_cpu_processes_split_the_studies_and_both_write_shards(teacher_dir, tmp_path):
     out = tmp_path / "split"
     out.mkdir()

@@ -26,7 +26,6 @@ def phantom(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow  # ~20 s on the shared 2-core machine
 def test_three_teacher_stages_run_in_the_pipeline(phantom, tmp_path):
     run_cfg = pipeline.RunConfig(
         name="t", stages=["teacher_pretrain", "teacher_train", "teacher_generate"],
