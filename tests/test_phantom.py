@@ -353,6 +353,20 @@ def test_corpus_rationales_name_their_findings(phantom):
     assert normal > 20 and len(rationales) > 200
 
 
+def test_the_project_labeler_reads_rationale_docs_as_naming_exactly_their_findings(phantom):
+    # The teacher learns from these docs and is checked by this labeler: a doc it reads as naming
+    # another finding teaches the teacher to write inconsistent rationales.
+    from kdistill.labeler import label_reports
+    from kdistill.labels import FINDINGS
+
+    docs = [json.loads(line) for line in (phantom / "corpus" / "corpus.jsonl").read_text().splitlines()]
+    rationales = [d for d in docs if d["kind"] == "rationale"]
+    labels = label_reports([d["text"] for d in rationales])
+    named = [{f for f, v in zip(FINDINGS, row) if v in (1.0, -1.0) and f != "No Finding"} for row in labels]
+    exact = np.mean([n == set(d["findings"]) - {"No Finding"} for n, d in zip(named, rationales)])
+    assert exact >= 0.9, exact
+
+
 def test_default_difficulty_leaves_headroom(phantom, studies):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score

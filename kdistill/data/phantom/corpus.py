@@ -145,9 +145,9 @@ def _rationale(findings: dict[str, FindingSpec], know: Knowledge, rng: np.random
         extra = info.associated_text
         if extra and allowed(extra) and rng.random() < 0.5:
             parts.append(extra)
-        causes = [c for c in info.causes if allowed(c)]
-        if causes and rng.random() < 0.4:
-            parts.append(f"Common causes of {info.canonical} include {', '.join(causes[:3])}.")
+        # No causes here (they stay in the textbook docs): a rationale argues from signs to the
+        # finding, and causes such as "congestive heart failure" or "hemothorax" read as other
+        # findings to a CheXpert-style labeler, so a teacher that learns them writes inconsistent rationales.
     absent = [n for n in ("Pneumothorax", "Pleural Effusion", "Consolidation") if n not in present]
     if absent and rng.random() < 0.5:
         n = absent[int(rng.integers(len(absent)))]
