@@ -358,7 +358,7 @@ def test_sigkill_mid_generation_then_restart_equals_an_uninterrupted_run(teacher
     out.mkdir()
     proc = subprocess.Popen([sys.executable, str(_script(tmp_path)), "slow", str(teacher_dir), str(out)],
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    deadline = time.time() + 120  # a bound on the wait for shards before the kill, not a speed check
     while time.time() < deadline and len(cache.shard_paths(out)) < 2 and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

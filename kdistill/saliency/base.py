@@ -130,8 +130,11 @@ class BaseAttribution:
         return normalise_maps(upsample(maps, tuple(images.shape[-2:])))
 
     def _raw_maps(self, images: Tensor, idx: Tensor) -> Tensor:
-        """(B, h, w) evidence for finding ``idx[b]`` in image b, at any resolution, any scale."""
-        raise NotImplementedError
+        """(B, h, w) evidence for finding ``idx[b]`` in image b, at any resolution, any scale.
+
+        Each method defines this (FusedAttribution overrides ``attribute`` instead, so the base
+        is not an ABC)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _raw_maps or override attribute")
 
 
 def attribution_method(cls: Callable[..., BaseAttribution], **kwargs: Any) -> Callable[[Any, Tensor, int], np.ndarray]:
