@@ -1,7 +1,8 @@
 """``kdistill teacher generate``: a rationale for every train/validate study, into the cache.
 
-Fast: identical prompts are generated once; prompts are sorted by length and decoded in
-batches with left padding and the KV cache, on the base model with the LoRA merged in.
+Fast: identical prompts are generated once; prompts are sorted by expected length and decoded
+with continuous batching over a paged KV cache (``teacher.decode``: a finished row leaves its
+slot at once and the next prompt takes it), on the base model with the LoRA merged in.
 Scales: studies are split across processes (``accelerate`` ``split_between_processes``; run
 with ``torchrun``/``accelerate launch``), each rank writes its own shards, the main process
 merges; or ``backend: vllm`` when vllm is installed. Resumable: shards are written as batches
@@ -20,7 +21,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ class StageConfig:
     data_root: str | None = None  # default: the run's dataset root
     splits: list[str] = dataclasses.field(default_factory=lambda: ["train", "validate"])
     backend: Literal["hf", "vllm"] = "hf"
-    batch_size: int = 16  # best on a 2-core CPU (64 wastes decode steps on finished rows); raise on a GPU
+    batch_size: int = 64  # rows decoded together (continuous batching), and rows per shard; raise on a GPU
     max_new_tokens: int = 256  # phantom rationales: 95th percentile ~215 tokens
     context: int = 0  # prompt + rationale tokens; 0: the model's max_position_embeddings
     do_sample: bool = False  # greedy by default
@@ -82,12 +83,25 @@ class Generated(NamedTuple):
 
 
 class HFBackend:
-    """Batched decoding with transformers: left padding, KV cache, OOM -> halve the batch."""
+    """Decoding with a transformers model.
+
+    Greedy and sampled decoding run through ``teacher.decode``: continuous batching over
+    ``batch_size`` slots of a preallocated KV cache, each prompt leaving its slot the step it
+    ends. Beam search, and models whose logits are not ``lm_head(last_hidden_state)``, use
+    ``model.generate`` on left-padded batches. A CUDA out-of-memory halves the batch and goes on.
+    """
 
     def __init__(self, model, tok, cfg: StageConfig, device):
+        from teacher import decode
+
         self.model, self.tok, self.cfg, self.device = model, tok, cfg, device
         self.max_batch = cfg.batch_size
         self.tokens = 0  # generated tokens, for tokens/s
+        context = cfg.context or int(getattr(model.config, "max_position_embeddings", 0)) or None
+        self.continuous = decode.supports(model, context)
+        if not self.continuous:
+            log.info("%s: logits are not lm_head(last hidden state); decoding with model.generate",
+                     type(model).__name__)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         ids = self.tok.encode(prompt, add_special_tokens=False)
@@ -103,26 +117,68 @@ class HFBackend:
                 mask[i, width - len(s):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _chunked(self, items: list, fn) -> list:
-        """``fn`` over ``items`` in chunks of ``max_batch``; on CUDA OOM halve it and go on."""
-        out, i = [], 0
-        while i < len(items):
-            chunk = items[i:i + self.max_batch]
-            try:
-                out.extend(fn(chunk))
-                i += len(chunk)
-            except torch.cuda.OutOfMemoryError:
-                if len(chunk) == 1:
-                    raise
-                self.max_batch = max(1, len(chunk) // 2)
-                log.warning("CUDA out of memory on a batch of %d; going on with batches of %d",
-                            len(chunk), self.max_batch)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-        return out
+    def _halve(self, size: int, err: Exception) -> None:
+        if size <= 1:
+            raise err
+        self.max_batch = max(1, size // 2)
+        log.warning("CUDA out of memory on a batch of %d; going on with batches of %d", size, self.max_batch)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
-    def generate(self, prompts: list[str], sample: bool, seed: int, temperature: float = 1.0) -> list[Generated]:
-        return self._chunked(prompts, lambda chunk: self._generate(chunk, sample, seed, temperature))
+    def stream(self, prompts: list[str], sample: bool, seeds: Sequence[int] | None = None,
+               temperature: float = 1.0) -> Iterator[tuple[int, Generated]]:
+        """(index into ``prompts``, output) as each prompt finishes. Sampling draws row j from a
+        generator seeded with ``seeds[j]``, so a row's sample does not depend on its batch."""
+        if self.continuous and (sample or self.cfg.num_beams == 1):
+            yield from self._stream_continuous(prompts, seeds if sample else None, temperature)
+        else:
+            yield from self._stream_generate(prompts, seeds if sample else None, temperature)
+
+    def generate(self, prompts: list[str], sample: bool, seeds: Sequence[int] | None = None,
+                 temperature: float = 1.0) -> list[Generated]:
+        out = dict(self.stream(prompts, sample, seeds, temperature))
+        return [out[j] for j in range(len(prompts))]
+
+    def _stream_continuous(self, prompts, seeds, temperature):
+        from teacher import decode
+
+        ids = [self.prompt_ids(p) for p in prompts]
+        todo = list(range(len(prompts)))
+        while todo:
+            finished = set()
+            try:
+                for d in decode.decode(
+                    self.model, [ids[j] for j in todo], slots=self.max_batch, max_new_tokens=self.cfg.max_new_tokens,
+                    eos_token_id=self.tok.eos_token_id, pad_token_id=self.tok.pad_token_id,
+                    seeds=None if seeds is None else [seeds[j] for j in todo], temperature=temperature,
+                    top_p=self.cfg.top_p if seeds is not None else 1.0,
+                ):
+                    j = todo[d.index]
+                    finished.add(j)
+                    yield j, self._output(d.ids, d.embedding)
+            except torch.cuda.OutOfMemoryError as err:
+                self._halve(min(self.max_batch, len(todo) - len(finished)), err)
+            todo = [j for j in todo if j not in finished]
+
+    def _stream_generate(self, prompts, seeds, temperature):
+        """``model.generate`` on left-padded chunks; sampled rows one at a time (their own seed)."""
+        order, i = list(range(len(prompts))), 0
+        while i < len(order):
+            size = 1 if seeds is not None else self.max_batch
+            chunk = order[i:i + size]
+            try:
+                outs = self._generate([prompts[j] for j in chunk], seeds is not None,
+                                      seeds[chunk[0]] if seeds is not None else 0, temperature)
+            except torch.cuda.OutOfMemoryError as err:
+                self._halve(len(chunk), err)
+                continue
+            yield from zip(chunk, outs)
+            i += len(chunk)
+
+    def _output(self, ids: list[int], embedding: torch.Tensor | None) -> Generated:
+        self.tokens += len(ids)
+        emb = None if embedding is None else embedding.float().numpy().astype(np.float32)
+        return Generated(self.tok.decode(ids, skip_special_tokens=True).strip(), ids, emb)
 
     @torch.no_grad()
     def _generate(self, prompts: list[str], sample: bool, seed: int, temperature: float) -> list[Generated]:
@@ -139,37 +195,25 @@ class HFBackend:
         )
         if sample:
             torch.manual_seed(seed)
-        # The embedding comes from decoding itself: the last hidden state of each step is the
-        # state of the rationale token fed at that step, so no second forward pass is needed.
-        # (Beams reorder rows between steps: those get a separate pass in ``embed``.)
-        states: list[torch.Tensor] = []
-        hook = None
-        if gen.num_beams == 1:
-            hook = self.model.base_model.register_forward_hook(
-                lambda module, args, output: states.append(_last_hidden(output)[:, -1].float().cpu()))
-        try:
-            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
-        finally:
-            if hook is not None:
-                hook.remove()
+        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
         results = []
-        for b, row in enumerate(out[:, ids.shape[1]:].tolist()):
+        for row in out[:, ids.shape[1]:].tolist():
             if self.tok.eos_token_id in row:
                 row = row[: row.index(self.tok.eos_token_id)]
-            row = [t for t in row if t != self.tok.pad_token_id]
-            self.tokens += len(row)
-            emb = None
-            # states[0]: the prompt (prefill); states[1 + j]: rationale token j being fed. A row cut
-            # at max_new_tokens never fed its last token: it is left to ``embed`` (emb None).
-            fed = states[1: 1 + len(row)]
-            if states and len(fed) == len(row):
-                emb = (torch.stack([s[b] for s in fed]).mean(0) if fed else states[0][b]).numpy().astype(np.float32)
-            results.append(Generated(self.tok.decode(row, skip_special_tokens=True).strip(), row, emb))
+            results.append(self._output([t for t in row if t != self.tok.pad_token_id], None))  # embed() later
         return results
 
     def embed(self, prompts: list[str], rationale_ids: list[list[int]]) -> list[np.ndarray]:
-        pairs = list(zip(prompts, rationale_ids))
-        return self._chunked(pairs, self._embed)
+        pairs, out, i = list(zip(prompts, rationale_ids)), [], 0
+        while i < len(pairs):
+            chunk = pairs[i:i + self.max_batch]
+            try:
+                out.extend(self._embed(chunk))
+            except torch.cuda.OutOfMemoryError as err:
+                self._halve(len(chunk), err)
+                continue
+            i += len(chunk)
+        return out
 
     @torch.no_grad()
     def _embed(self, pairs) -> list[np.ndarray]:
@@ -201,19 +245,17 @@ class VLLMBackend(HFBackend):
         self.llm = vllm.LLM(model=str(merged), dtype=cfg.dtype if cfg.dtype != "float32" else "auto",
                             seed=cfg.seed, trust_remote_code=False)
 
-    def generate(self, prompts: list[str], sample: bool, seed: int, temperature: float = 1.0) -> list[Generated]:
-        params = self._vllm.SamplingParams(
-            max_tokens=self.cfg.max_new_tokens, seed=seed,
-            temperature=temperature if sample else 0.0,
-            top_p=self.cfg.top_p if sample else 1.0,
-        )
+    def stream(self, prompts: list[str], sample: bool, seeds: Sequence[int] | None = None,
+               temperature: float = 1.0) -> Iterator[tuple[int, Generated]]:
+        params = [self._vllm.SamplingParams(
+            max_tokens=self.cfg.max_new_tokens, seed=int(seeds[j]) if sample else self.cfg.seed,
+            temperature=temperature if sample else 0.0, top_p=self.cfg.top_p if sample else 1.0,
+        ) for j in range(len(prompts))]
         requests = [{"prompt_token_ids": self.prompt_ids(p)} for p in prompts]
-        results = []
-        for res in self.llm.generate(requests, params):
+        for j, res in enumerate(self.llm.generate(requests, params)):  # vllm schedules them itself
             ids = [t for t in res.outputs[0].token_ids if t not in (self.tok.eos_token_id, self.tok.pad_token_id)]
             self.tokens += len(ids)
-            results.append(Generated(res.outputs[0].text.strip(), ids))
-        return results
+            yield j, Generated(res.outputs[0].text.strip(), ids)
 
 
 def require_vllm() -> None:
@@ -293,14 +335,21 @@ def generate_rationales(
         n_rows = sum(len(idx) for _, idx in mine)
         bar = tqdm(total=n_rows, unit="row", desc=f"rationales (rank {state.process_index})",
                    disable=not state.is_main_process)
-        for b in range(0, len(mine), cfg.batch_size):
-            batch = mine[b:b + cfg.batch_size]
-            # the seed hangs on the batch's content, not its position: a resumed run samples alike
-            seed = cfg.seed + int(hashlib.sha256(batch[0][0].encode()).hexdigest()[:7], 16)
-            rows = _generate_batch(batch, studies, built, backend, label_fn, cfg, teacher_id, gen_hash, seed)
-            writer.write(rows)
-            bar.update(len(rows))
-            bar.set_postfix(tok_s=f"{backend.tokens / max(time.time() - started, 1e-9):.0f}")
+        # Units stream out of the decoder as they finish; each ``batch_size`` of them is checked,
+        # retried where inconsistent, and written as a shard (what a rerun will skip).
+        pending: list[tuple[tuple[str, list[int]], Generated]] = []
+        flushed = 0
+        first = backend.stream([p for p, _ in mine], sample=cfg.do_sample,
+                               seeds=[_row_seed(cfg, p, 0) for p, _ in mine], temperature=cfg.temperature)
+        for j, out in first:
+            pending.append((mine[j], out))
+            if len(pending) >= cfg.batch_size or flushed + len(pending) == len(mine):
+                rows = _finish_units(pending, studies, built, backend, label_fn, cfg, teacher_id, gen_hash)
+                writer.write(rows)
+                flushed += len(pending)
+                pending = []
+                bar.update(len(rows))
+                bar.set_postfix(tok_s=f"{backend.tokens / max(time.time() - started, 1e-9):.0f}")
         bar.close()
     seconds = time.time() - started
     if isinstance(backend, VLLMBackend):  # the merged copy was only for vllm to load
@@ -333,21 +382,28 @@ def generate_rationales(
     return summary
 
 
-def _generate_batch(batch, studies, built, backend, label_fn, cfg: StageConfig, teacher_id: str,
-                    gen_hash: str, seed: int) -> list[dict[str, Any]]:
-    """Rows for one batch of unique prompts: generate, check, regenerate the inconsistent ones
-    with sampling, embed."""
-    prompts = [p for p, _ in batch]
-    outputs = backend.generate(prompts, sample=cfg.do_sample, seed=seed, temperature=cfg.temperature)
-    ok = _check(outputs, batch, studies, label_fn)
-    tries = [1] * len(batch)
+def _row_seed(cfg: StageConfig, prompt: str, attempt: int) -> int:
+    """A prompt's sampling seed: hangs on its text, not its position, so a resumed run samples alike."""
+    return cfg.seed + int(hashlib.sha256(prompt.encode()).hexdigest()[:7], 16) + 7919 * attempt
+
+
+def _finish_units(pending, studies, built, backend, label_fn, cfg: StageConfig, teacher_id: str,
+                  gen_hash: str) -> list[dict[str, Any]]:
+    """Rows for decoded units ((prompt, study indices), output): check, regenerate the
+    inconsistent ones with sampling, embed where decoding did not."""
+    units = [u for u, _ in pending]
+    outputs = [g for _, g in pending]
+    prompts = [p for p, _ in units]
+    ok = _check(outputs, units, studies, label_fn)
+    tries = [1] * len(units)
     for attempt in range(1, cfg.max_retries + 1):
         todo = [j for j, good in enumerate(ok) if not good]
         if not todo:
             break
-        again = backend.generate([prompts[j] for j in todo], sample=True, seed=seed + 7919 * attempt,
+        again = backend.generate([prompts[j] for j in todo], sample=True,
+                                 seeds=[_row_seed(cfg, prompts[j], attempt) for j in todo],
                                  temperature=cfg.retry_temperature)
-        good_again = _check(again, [batch[j] for j in todo], studies, label_fn)
+        good_again = _check(again, [units[j] for j in todo], studies, label_fn)
         for j, out, good in zip(todo, again, good_again):
             tries[j] = attempt + 1
             if good:  # else keep the first (greedy, reproducible) one and flag it
@@ -357,7 +413,7 @@ def _generate_batch(batch, studies, built, backend, label_fn, cfg: StageConfig, 
         for j, emb in zip(missing, backend.embed([prompts[j] for j in missing], [outputs[j].ids for j in missing])):
             outputs[j] = outputs[j]._replace(embedding=emb)
     rows = []
-    for (prompt, idxs), (text, _, emb), good, n in zip(batch, outputs, ok, tries):
+    for (prompt, idxs), (text, _, emb), good, n in zip(units, outputs, ok, tries):
         for i in idxs:
             rows.append({
                 "study_id": studies[i].study_id, "prompt": prompt, "rationale": text, "teacher_id": teacher_id,
@@ -376,10 +432,6 @@ def _check(outputs, units, studies, label_fn) -> list[bool]:
 def _n_findings(prompt: str) -> int:
     line = prompt.rsplit("\nFindings: ", 1)[-1].split("\n", 1)[0]
     return 0 if line == "none" else line.count(";") + 1
-
-
-def _last_hidden(output) -> torch.Tensor:
-    return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
 
 def _round_robin_order(items: list, n: int) -> list:

@@ -61,30 +61,50 @@ def _rows(out):
     return cache.load_rationales(out).to_list()
 
 
-def test_batched_left_padded_greedy_equals_one_by_one(teacher_dir):
+def test_continuous_batching_equals_generate_one_by_one(teacher_dir):
     model, tok, _ = load_teacher(teacher_dir)
     tok.padding_side = "left"
     prompts = sorted({gen.prompt_for_study(s).text for s in toy_studies(10)}, key=len)
-    batched = gen.HFBackend(model, tok, _cfg(batch_size=8), "cpu")
-    single = gen.HFBackend(model, tok, _cfg(batch_size=1), "cpu")
-    out_b = batched.generate(prompts, sample=False, seed=0)
-    out_s = single.generate(prompts, sample=False, seed=0)
-    assert [g.text for g in out_b] == [g.text for g in out_s]
-    assert [g.ids for g in out_b] == [g.ids for g in out_s]
+    batched = gen.HFBackend(model, tok, _cfg(batch_size=3), "cpu")  # fewer slots than prompts: refills
+    assert batched.continuous
+    out_b = batched.generate(prompts, sample=False)
+    # the reference: transformers' own generate, one prompt at a time
+    ref = []
+    for p in prompts:
+        ids = torch.tensor([batched.prompt_ids(p)])
+        new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, ids.shape[1]:].tolist()
+        ref.append(new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new)
+    assert [g.ids for g in out_b] == ref
+    assert [g.text for g in out_b] == [tok.decode(r, skip_special_tokens=True).strip() for r in ref]
     assert sum(len(g.ids) > 5 for g in out_b) == len(prompts)  # real sentences, not empty strings
-    # embeddings taken while decoding == a separate forward pass over prompt + rationale, batched or not
-    emb_b = batched.embed(prompts, [g.ids for g in out_b])
-    emb_s = single.embed(prompts, [g.ids for g in out_s])
-    assert any(g.embedding is not None for g in out_b)
-    for g_b, g_s, a, b in zip(out_b, out_s, emb_b, emb_s):
+    assert any(len(g.ids) == 40 for g in out_b) and any(len(g.ids) < 40 for g in out_b)  # both ways to end
+    # embeddings taken while decoding == a separate forward pass over prompt + rationale
+    emb = batched.embed(prompts, [g.ids for g in out_b])
+    for g, a in zip(out_b, emb):
         assert a.dtype == np.float32 and a.shape == (model.config.hidden_size,)
-        np.testing.assert_allclose(a, b, atol=1e-5)
-        if len(g_b.ids) == 40:  # cut at max_new_tokens: its last token was never fed, embed() does it
-            assert g_b.embedding is None and g_s.embedding is None
-            continue
-        assert g_b.embedding.dtype == np.float32
-        np.testing.assert_allclose(g_b.embedding, a, atol=1e-5)
-        np.testing.assert_allclose(g_s.embedding, a, atol=1e-5)
+        assert g.embedding.dtype == np.float32
+        np.testing.assert_allclose(g.embedding, a, atol=1e-5)
+    # the model.generate path (beams, other architectures) gives the same greedy tokens
+    fallback = gen.HFBackend(model, tok, _cfg(batch_size=4), "cpu")
+    fallback.continuous = False
+    assert [g.ids for g in fallback.generate(prompts, sample=False)] == ref
+
+
+def test_sampling_is_seeded_per_row_whatever_the_batch(teacher_dir):
+    model, tok, _ = load_teacher(teacher_dir)
+    prompts = sorted({gen.prompt_for_study(s).text for s in toy_studies(8)})
+    seeds = list(range(100, 100 + len(prompts)))
+    wide = gen.HFBackend(model, tok, _cfg(batch_size=8, top_p=0.9), "cpu").generate(
+        prompts, sample=True, seeds=seeds, temperature=1.0)
+    narrow = gen.HFBackend(model, tok, _cfg(batch_size=2, top_p=0.9), "cpu").generate(
+        prompts[::-1], sample=True, seeds=seeds[::-1], temperature=1.0)
+    assert [g.ids for g in wide] == [g.ids for g in narrow[::-1]]
+    greedy = gen.HFBackend(model, tok, _cfg(batch_size=8), "cpu").generate(prompts, sample=False)
+    assert [g.ids for g in wide] != [g.ids for g in greedy]  # it did sample
+    other = gen.HFBackend(model, tok, _cfg(batch_size=8, top_p=0.9), "cpu").generate(
+        prompts, sample=True, seeds=[s + 1 for s in seeds], temperature=1.0)
+    assert [g.ids for g in wide] != [g.ids for g in other]
 
 
 def test_identical_prompts_are_generated_once_and_every_study_gets_its_row(teacher_dir, tmp_path, monkeypatch):
@@ -93,13 +113,13 @@ def test_identical_prompts_are_generated_once_and_every_study_gets_its_row(teach
     for i, s in enumerate(twins):
         s.study_id = str(60000000 + i)
     seen: list[str] = []
-    real = gen.HFBackend.generate
+    real = gen.HFBackend.stream
 
-    def counting(self, prompts, sample, seed, temperature=1.0):
+    def counting(self, prompts, sample, seeds=None, temperature=1.0):
         seen.extend(prompts)
-        return real(self, prompts, sample, seed, temperature)
+        return real(self, prompts, sample, seeds, temperature)
 
-    monkeypatch.setattr(gen.HFBackend, "generate", counting)
+    monkeypatch.setattr(gen.HFBackend, "stream", counting)
     summary = _run(studies + twins, teacher_dir, tmp_path / "r")
     unique = {gen.prompt_for_study(s).text for s in studies}
     assert sorted(seen) == sorted(unique)  # each distinct prompt decoded exactly once
@@ -162,14 +182,14 @@ def test_consistency_flags_and_sampled_retries(teacher_dir, tmp_path, monkeypatc
     positives = {s.study_id: [FINDINGS[i] for i, v in enumerate(s.labels) if v == 1.0 and FINDINGS[i] != "No Finding"]
                  for s in studies}
     calls = {"n": 0}
-    real = gen.HFBackend.generate
+    real = gen.HFBackend.stream
 
-    def tagged(self, prompts, sample, seed, temperature=1.0):
+    def tagged(self, prompts, sample, seeds=None, temperature=1.0):
         calls["n"] += 1
-        outs = real(self, prompts, sample, seed, temperature)
-        return [g._replace(text=("SAMPLED " if sample else "GREEDY ") + g.text) for g in outs]
+        for j, g in real(self, prompts, sample, seeds, temperature):
+            yield j, g._replace(text=("SAMPLED " if sample else "GREEDY ") + g.text)
 
-    monkeypatch.setattr(gen.HFBackend, "generate", tagged)
+    monkeypatch.setattr(gen.HFBackend, "stream", tagged)
     prompt_of = {gen.prompt_for_study(s).text: s.study_id for s in studies}
     del prompt_of  # prompts are unique here; the label_fn works from the text alone
 
@@ -233,25 +253,27 @@ def test_prompts_longer_than_the_context_are_cut_and_counted(teacher_dir, tmp_pa
 
 
 def test_cuda_oom_halves_the_batch_and_goes_on(teacher_dir, tmp_path, monkeypatch, caplog):
+    from teacher import decode
+
     studies = toy_studies(8)
     _run(studies, teacher_dir, tmp_path / "ref", batch_size=8)
-    model_cls = type(load_teacher(teacher_dir)[0])
-    real = model_cls.generate
-    state = {"raised": False, "sizes": []}
+    real = decode.decode
+    state = {"slots": []}
 
-    def flaky(self, *args, **kwargs):
-        state["sizes"].append(kwargs["input_ids"].shape[0])
-        if not state["raised"]:
-            state["raised"] = True
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, *args, **kwargs)
+    def flaky(model, prompts, **kw):  # the first decode runs out of memory after two rows
+        state["slots"].append(kw["slots"])
+        for n, d in enumerate(real(model, prompts, **kw)):
+            if len(state["slots"]) == 1 and n == 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            yield d
 
-    monkeypatch.setattr(model_cls, "generate", flaky)
+    monkeypatch.setattr(decode, "decode", flaky)
     _run(studies, teacher_dir, tmp_path / "oom", batch_size=8)
-    assert state["sizes"][0] > state["sizes"][1] and max(state["sizes"][1:]) <= state["sizes"][0] // 2
+    assert state["slots"][0] == 8 and state["slots"][1] <= 4
     assert "out of memory" in caplog.text
     ref, got = _rows(tmp_path / "ref"), _rows(tmp_path / "oom")
     assert [r["rationale"] for r in ref] == [r["rationale"] for r in got]
+    assert sorted(r["study_id"] for r in got) == sorted(s.study_id for s in studies)
 
 
 def test_bad_inputs(teacher_dir, tmp_path, monkeypatch):
@@ -303,7 +325,7 @@ def test_vllm_backend_is_refused_without_vllm_and_used_with_it(teacher_dir, tmp_
     assert [r["rationale"] for r in rows] == ["Blunting indicates pleural effusion."] * 2
     assert made["had_config"]  # vllm loaded the merged teacher, saved for it ...
     assert not Path(made["model_dir"]).exists()  # ... and removed after generation
-    assert made["params"]["temperature"] == 0.0  # greedy
+    assert [p["temperature"] for p in made["params"]] == [0.0, 0.0]  # greedy, one SamplingParams per prompt
     assert made["kwargs"]["trust_remote_code"] is False
 
 
