@@ -29,12 +29,25 @@ class StudentConfig:
     # Section order of the report the student writes. Impression first: the label-dense summary
     # survives when a long report is cut at max_text_len.
     report_order: Literal["impression_first", "findings_first"] = "impression_first"
+    # Rationale targets: "conclusion_first" moves the teacher's closing summary (from the last
+    # ``rationale_marker``) to the front, so the finding list survives a cut at max_text_len
+    # (the demo teacher's conclusion starts at token ~60 on median and was cut in 61% of rationales
+    # at 64 tokens); "as_written" distils the text unchanged.
+    rationale_order: Literal["conclusion_first", "as_written"] = "conclusion_first"
+    rationale_marker: str = "Conclusion:"
     report_prefix: str = "<report>"
     rationale_prefix: str = "<rationale>"
     # Finding heads: one learned query per finding cross-attending to the patch tokens.
     head_width: int = 128
     head_heads: int = 4
     head_layers: int = 1
+    # Feature KD: which student state is aligned with the teacher's rationale embedding.
+    # "prompt": the decoder's state at the last prompt token of the rationale sequence, which has
+    # seen the image (cross-attention) but no rationale token, so matching the teacher's embedding
+    # must come from the image: cross-modal distillation into the pathway that starts every text.
+    # "rationale_tokens": the mean over the teacher-forced rationale positions (it can be matched
+    # from the rationale's own tokens, leaving the image side untaught).
+    embedding_pool: Literal["prompt", "rationale_tokens"] = "prompt"
     # Teacher embedding size for feature KD (set from the rationale cache); None: no projection.
     teacher_embed_dim: int | None = None
     # Filled by create_student from the tokenizer; checked again on load.

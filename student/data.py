@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from kdistill.errors import DataError
 from kdistill.labels import apply_policy
-from student.text import TokenSpec, report_text, tokenizer_fingerprint
+from student.text import TokenSpec, rationale_text, report_text, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,8 @@ class StudyDataset(torch.utils.data.Dataset):
         blank: str = "zeros",
         split_name: str = "train",
         report_order: str = "findings_first",
+        rationale_order: str = "as_written",
+        rationale_marker: str = "Conclusion:",
     ):
         missing = [c for c in PREPARED_COLUMNS if c not in split.column_names]
         if missing:
@@ -148,7 +150,7 @@ class StudyDataset(torch.utils.data.Dataset):
         if rationales is not None:
             present = [i for i, s in enumerate(self.study_ids) if s in rationales]
             self.missing_rationales = [s for s in self.study_ids if s not in rationales]
-            texts = [rationales[self.study_ids[i]][0] for i in present]
+            texts = [rationale_text(rationales[self.study_ids[i]][0], rationale_order, rationale_marker) for i in present]
             for i, toks in zip(present, spec.encode(texts)):
                 self.rationale_tokens[i] = toks
             embs = [rationales[self.study_ids[i]][1] for i in present]

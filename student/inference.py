@@ -25,18 +25,20 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def predict(model, images, batch_size: int = 32, max_new_tokens: int = 64, texts: bool = True) -> dict[str, Any]:
+def predict(model, images, batch_size: int = 32, max_new_tokens: int = 64, texts: bool = True,
+            rationales: bool = True) -> dict[str, Any]:
     """Run the student on images (uint8 0-255 or float 0-1), in batches, on the model's device.
 
     Returns "probs" (B, 14) float32, "decisions" (B, 14) bool (thresholds.json), "reports" and
-    "rationales" (lists of str; empty when ``texts`` is False) and "maps" (B, 14, H, W): the finding
+    "rationales" (lists of str; empty when ``texts`` is False; "rationales" also when ``rationales``
+    is False, for callers that score reports only) and "maps" (B, 14, H, W): the finding
     attention maps upsampled to the input size (of the first image when sizes differ).
     """
     items: Sequence = _as_list(images)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    probs, maps, reports, rationales = [], [], [], []
+    probs, maps, reports, rationale_texts = [], [], [], []
     out_size = tuple(items[0].shape[-2:]) if len(items) else (0, 0)
     with torch.inference_mode():
         for start in range(0, len(items), batch_size):
@@ -49,13 +51,14 @@ def predict(model, images, batch_size: int = 32, max_new_tokens: int = 64, texts
             maps.append(F.interpolate(m.float(), size=out_size, mode="bilinear", align_corners=False).cpu())
             if texts:
                 reports += model.generate(tokens, "report", max_new_tokens)
-                rationales += model.generate(tokens, "rationale", max_new_tokens)
+                if rationales:
+                    rationale_texts += model.generate(tokens, "rationale", max_new_tokens)
     model.train(was_training)
     p = torch.cat(probs).numpy() if probs else np.zeros((0, 14), np.float32)
     return {
         "probs": p,
         "decisions": p >= model.thresholds.cpu().numpy()[None, :],
         "reports": reports,
-        "rationales": rationales,
+        "rationales": rationale_texts,
         "maps": torch.cat(maps).numpy() if maps else np.zeros((0, 14, 0, 0), np.float32),
     }

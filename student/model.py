@@ -279,8 +279,12 @@ class StudentModel(nn.Module):
             if with_embedding:
                 if self.embed_proj is None:
                     raise ValueError("feature KD needs teacher_embed_dim in the student config")
-                mask = rationale_mask[:, :-1].to(hidden.dtype).unsqueeze(-1)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+                if self.cfg.embedding_pool == "prompt":
+                    # hidden[:, i] has read ids[:, :i+1]; at the last prompt token no rationale yet
+                    pooled = hidden[:, len(self.tokens.prompts["rationale"]) - 1]
+                else:
+                    mask = rationale_mask[:, :-1].to(hidden.dtype).unsqueeze(-1)
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
                 out["embedding"] = self.embed_proj(pooled)
         return out
 
@@ -307,10 +311,12 @@ class StudentModel(nn.Module):
             texts.append(spec.decode(row))
         return texts
 
-    def predict(self, images, batch_size: int = 32, max_new_tokens: int = 64, texts: bool = True) -> dict[str, Any]:
+    def predict(self, images, batch_size: int = 32, max_new_tokens: int = 64, texts: bool = True,
+                rationales: bool = True) -> dict[str, Any]:
         from student.inference import predict
 
-        return predict(self, images, batch_size=batch_size, max_new_tokens=max_new_tokens, texts=texts)
+        return predict(self, images, batch_size=batch_size, max_new_tokens=max_new_tokens, texts=texts,
+                       rationales=rationales)
 
 
 def create_student(cfg: StudentConfig, tokenizer) -> StudentModel:

@@ -102,3 +102,22 @@ def report_text(findings: str, impression: str, order: str = "findings_first") -
     elif order != "findings_first":
         raise ValueError(f"unknown report order {order!r}")
     return "\n".join(parts)
+
+
+def rationale_text(rationale: str, order: str = "as_written", marker: str = "Conclusion:") -> str:
+    """The rationale the student learns to write. ``"as_written"``: the teacher's text unchanged.
+    ``"conclusion_first"``: the closing summary (from the last ``marker`` to the end, e.g. "Conclusion:
+    small left pleural effusion, support devices.") moved to the front, the argument after it, so a
+    target cut at max_text_len keeps the rationale's label-dense part (as impression-first does for
+    reports). A rationale without the marker, or that already starts with it, is unchanged."""
+    if order == "as_written":
+        return rationale
+    if order != "conclusion_first":
+        raise ValueError(f"unknown rationale order {order!r}")
+    if not marker:
+        return rationale
+    at = rationale.rfind(marker)
+    if at <= 0:
+        return rationale
+    return f"{rationale[at:].strip()} {rationale[:at].strip()}".strip()
+

@@ -273,9 +273,9 @@ def _build_data(cfg: StageConfig, prepared, tokenizer, rationales, tokenizer_dir
         tok_check = check_rationale_tokenizer(rationale_path, tokenizer_dir, tokenizer, rationales)
         rat_index, inconsistent = rationale_index(rationales, cfg.consistent_rationales_only)
     spec = TokenSpec(tokenizer, model_cfg.report_prefix, model_cfg.rationale_prefix)
-    order = model_cfg.report_order
-    train_ds = StudyDataset(prepared["train"], spec, rat_index, cfg.uncertain, cfg.blank, "train", order)
-    val_ds = StudyDataset(prepared["validate"], spec, rat_index, cfg.uncertain, cfg.blank, "validate", order)
+    order = (model_cfg.report_order, model_cfg.rationale_order, model_cfg.rationale_marker)
+    train_ds = StudyDataset(prepared["train"], spec, rat_index, cfg.uncertain, cfg.blank, "train", *order)
+    val_ds = StudyDataset(prepared["validate"], spec, rat_index, cfg.uncertain, cfg.blank, "validate", *order)
     cover = coverage(train_ds, inconsistent) if rat_index is not None else None
     if cover and cover["missing_rationale"]:
         msg = (f"{cover['missing_rationale']} of {cover['studies']} training studies have no rationale "

@@ -127,3 +127,59 @@ def test_vision_tower_loads_a_local_open_clip_checkpoint(toy, tmp_path):
     assert torch.equal(model.visual.conv1.weight, clip.visual.conv1.weight.sum(dim=1, keepdim=True))
     w = "transformer.resblocks.0.attn.in_proj_weight"
     assert torch.equal(model.visual.state_dict()[w], clip.visual.state_dict()[w])
+
+
+def test_rationale_text_moves_the_conclusion_to_the_front_or_keeps_the_text():
+    from student.text import rationale_text
+
+    r = "On the left, there is blunting. These signs support small left pleural effusion. Conclusion: small left pleural effusion, support devices."
+    assert rationale_text(r, "conclusion_first") == (
+        "Conclusion: small left pleural effusion, support devices. On the left, there is blunting. "
+        "These signs support small left pleural effusion.")
+    assert rationale_text(r, "as_written") == r
+    normal = "The lungs are clear. There is no acute cardiopulmonary process."
+    assert rationale_text(normal, "conclusion_first") == normal  # no marker: unchanged
+    first = "Conclusion: edema. Signs follow."
+    assert rationale_text(first, "conclusion_first") == first  # already first: unchanged
+    with pytest.raises(ValueError, match="rationale order"):
+        rationale_text(r, "backwards")
+
+
+def test_conclusion_first_keeps_the_finding_list_inside_a_short_text_budget(toy):
+    """The rationale targets the dataset builds: with conclusion_first a cut at max_len keeps the
+    conclusion, as written it is lost."""
+    import datasets
+
+    from student.data import StudyDataset, rationale_index
+
+    prep, tok = toy
+    split = prep["train"]
+    sid = str(split["study_id"][0])
+    long = " ".join(["The lungs are clear."] * 20) + " Conclusion: edema."
+    cache = datasets.Dataset.from_dict({"study_id": [sid], "rationale": [long], "embedding": [None], "consistent": [True]})
+    index, _ = rationale_index(cache)
+    spec = TokenSpec(tok, "<report>", "<rationale>")
+    for order, kept in (("conclusion_first", True), ("as_written", False)):
+        ds = StudyDataset(split, spec, index, rationale_order=order)
+        assert spec.decode(ds.rationale_tokens[0]).count("edema") == 1  # nothing lost, only moved
+        ids = spec.batch("rationale", [ds.rationale_tokens[0]], max_len=24)["ids"][0].tolist()
+        assert ("edema" in spec.decode(ids)) is kept, order
+
+
+def test_prompt_embedding_pool_reads_the_image_and_not_the_rationale_tokens(toy):
+    """Feature KD's student side: with "prompt" it is the state before any rationale token, so the
+    teacher's embedding can only be matched from the image; "rationale_tokens" pools the text."""
+    _, tok = toy
+    spec = TokenSpec(tok, "<report>", "<rationale>")
+    a = spec.batch("rationale", spec.encode(["Increased density explains edema.", "Clear lungs."]), 32)
+    b = spec.batch("rationale", spec.encode(["Clear lungs and a normal heart.", "Increased density."]), 32)
+    x = torch.rand(2, 1, 32, 32)
+    for pool, text_matters in (("prompt", False), ("rationale_tokens", True)):
+        torch.manual_seed(0)
+        model = create_student(_cfg(teacher_embed_dim=16, embedding_pool=pool), tok).eval()
+        with torch.no_grad():
+            ea = model(x, rationale_ids=a["ids"], rationale_mask=a["mask"], with_embedding=True)["embedding"]
+            eb = model(x, rationale_ids=b["ids"], rationale_mask=b["mask"], with_embedding=True)["embedding"]
+            ec = model(x.flip(0), rationale_ids=a["ids"], rationale_mask=a["mask"], with_embedding=True)["embedding"]
+        assert (not torch.allclose(ea, eb, atol=1e-6)) is text_matters, pool
+        assert not torch.allclose(ea, ec, atol=1e-6), pool  # both depend on the image
