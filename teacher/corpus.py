@@ -86,7 +86,7 @@ def pair_examples(docs: list[dict[str, Any]], seed: int, copies: int = 1,
         for doc in docs:
             if doc.get("kind") != "rationale":
                 continue
-            real = (reports or {}).get(frozenset(f for f in doc.get("findings") or [] if f != "No Finding"))
+            real = (reports or {}).get(_mention_key(doc_mentions(doc)))
             if real and rng.random() < 0.8:
                 report = rng.choice(real)
             else:
@@ -97,16 +97,22 @@ def pair_examples(docs: list[dict[str, Any]], seed: int, copies: int = 1,
     return out
 
 
+def _mention_key(mentions) -> frozenset:
+    """(finding, uncertain) pairs: a doc and a report match when they state the same findings
+    with the same certainty."""
+    return frozenset((m.name, m.uncertain) for m in mentions)
+
+
 def report_bank(studies: Sequence[Any]) -> dict[frozenset, list[str]]:
-    """Reports of (train-split) studies keyed by their set of positive findings; studies with an
-    uncertain finding are left out (corpus docs state findings as certain)."""
+    """Reports of (train-split) studies keyed by their positive and uncertain findings."""
     bank: dict[frozenset, list[str]] = {}
     for study in studies:
-        labels = list(study.labels)
-        if any(v == -1.0 for v in labels) or not study.report.strip():
+        if not study.report.strip():
             continue
-        positive = frozenset(name for name, v in zip(FINDINGS, labels) if v == 1.0 and name != "No Finding")
-        bank.setdefault(positive, []).append(study.report)
+        labels = list(study.labels)
+        key = frozenset((name, v == -1.0) for name, v in zip(FINDINGS, labels)
+                        if v in (1.0, -1.0) and name != "No Finding")
+        bank.setdefault(key, []).append(study.report)
     return bank
 
 
@@ -138,7 +144,8 @@ def pseudo_report(doc: dict[str, Any], rng: random.Random | None = None) -> str:
     sentences = []
     for name in doc.get("findings") or []:
         attr = attributes.get(name) or {}
-        words = [attr.get("severity"), attr.get("laterality"), name.lower()]
+        words = ["possible" if attr.get("uncertain") else None, attr.get("severity"), attr.get("laterality"),
+                 name.lower()]
         sentences.append(" ".join(w for w in words if w).capitalize() + ".")
     if rng is not None:
         absent = [f for f in FINDINGS if f not in (doc.get("findings") or []) and f != "No Finding"]

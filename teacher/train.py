@@ -51,7 +51,7 @@ class StageConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: list[str] | None = None  # None: found from the model family (all linear layers)
-    steps: int = 40  # after pair-mixed pretraining the adapter has little left to learn
+    steps: int = 40  # configs/demo.yaml: 200 (~1 epoch of the phantom pairs: 87% -> 89% consistent)
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 2e-3

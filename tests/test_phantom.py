@@ -480,3 +480,22 @@ def test_views_option_and_ap_studies_look_different():
     width = lambda r: np.flatnonzero(r.heart_mask.any(axis=0)).size
     assert width(ap_img) > width(pa)
     assert not np.array_equal(pa.image, ap_img.image)
+
+
+def test_corpus_finding_sets_boost_rare_findings():
+    # Rare findings get rationale docs beyond their prevalence (else the teacher cannot learn to
+    # write them): each boosted set gains one pathology drawn uniformly out of the 12.
+    from kdistill.data.phantom.sampler import PATHOLOGIES, finding_set_drawer
+
+    know = load_knowledge()
+    n = 3000
+
+    def share(boost: float) -> float:
+        draw, rng = finding_set_drawer(know, PhantomConfig(), rare_boost=boost), np.random.default_rng(0)
+        return np.mean(["Pleural Other" in draw(rng) for _ in range(n)])
+
+    plain, boosted = share(0.0), share(0.6)
+    assert abs(plain - know["Pleural Other"].prevalence) < 0.015, plain
+    assert boosted - plain == pytest.approx(0.6 / len(PATHOLOGIES), abs=0.02), (plain, boosted)
+    draw, rng = finding_set_drawer(know, PhantomConfig(), rare_boost=1.0), np.random.default_rng(1)
+    assert all(set(draw(rng)) & set(PATHOLOGIES) for _ in range(500))

@@ -183,12 +183,20 @@ def test_pairs_use_real_reports_with_the_same_finding_set():
     hedged = _study(_labels(Pleural_Effusion=1.0, Edema=-1.0), findings="Effusion. Possible edema.")
     normal = _study(_labels(No_Finding=1.0), findings="The lungs are clear.")
     bank = corpuslib.report_bank([effusion, hedged, normal])
-    # keyed by positive findings ("No Finding" aside); studies with uncertain findings left out
-    assert bank == {frozenset({"Pleural Effusion"}): [effusion.report], frozenset(): [normal.report]}
+    # keyed by (finding, uncertain) over positive and uncertain findings ("No Finding" aside)
+    assert bank == {frozenset({("Pleural Effusion", False)}): [effusion.report],
+                    frozenset({("Pleural Effusion", False), ("Edema", True)}): [hedged.report],
+                    frozenset(): [normal.report]}
     docs = [{"kind": "rationale", "text": "Meniscus: effusion.", "findings": ["Pleural Effusion"], "attributes": {}},
-            {"kind": "rationale", "text": "Wide heart.", "findings": ["Cardiomegaly"], "attributes": {}}]
+            {"kind": "rationale", "text": "Wide heart.", "findings": ["Cardiomegaly"], "attributes": {}},
+            {"kind": "rationale", "text": "Meniscus; maybe edema.", "findings": ["Edema", "Pleural Effusion"],
+             "attributes": {"Edema": {"uncertain": True}}}]
     pairs = corpuslib.pair_examples(docs, seed=0, copies=20, reports=bank)
     effusion_reports = {p.prompt.splitlines()[0] for p in pairs if p.target == " Meniscus: effusion."}
     assert f"Report: {' '.join(effusion.report.split())}" in effusion_reports
+    assert f"Report: {' '.join(hedged.report.split())}" not in effusion_reports  # hedged reports: hedged docs only
+    hedged_reports = {p.prompt.splitlines()[0] for p in pairs if p.target == " Meniscus; maybe edema."}
+    assert f"Report: {' '.join(hedged.report.split())}" in hedged_reports
+    assert any("Edema (uncertain)" in p.prompt for p in pairs if p.target == " Meniscus; maybe edema.")
     cardio_reports = {p.prompt.splitlines()[0] for p in pairs if p.target == " Wide heart."}
     assert not any("pleural effusion." in r.lower() and "no pleural" not in r.lower() for r in cardio_reports)

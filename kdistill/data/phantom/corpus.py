@@ -73,6 +73,12 @@ _LINKS = [
     "This is the typical appearance of {desc}.",
     "These features establish {desc}.",
 ]
+# A hedged finding (the study's label -1): the same signs, a conclusion the labeler reads as uncertain.
+_HEDGED_LINKS = [
+    "These signs suggest possible {desc}.",
+    "This pattern may represent {desc}.",
+    "The appearance is suggestive of {desc}.",
+]
 _NORMAL = [
     "The lungs are clear and well expanded, the heart size is normal, the mediastinal contours are normal and the costophrenic angles are sharp. There is no acute cardiopulmonary process.",
     "Both lungs are clear. The cardiac silhouette is of normal size and the hemidiaphragms are well defined. The costophrenic angles are sharp. Conclusion: no acute cardiopulmonary process.",
@@ -114,8 +120,9 @@ def _rationale(findings: dict[str, FindingSpec], know: Knowledge, rng: np.random
             parts.insert(0, "Support devices are in place: lines and tubes project over the chest.")
         return " ".join(parts)
     parts: list[str] = []
-    names = list(findings)
-    rng.shuffle(names)
+    # In the prompt's order (FINDINGS order): a teacher then walks down its findings line one
+    # finding at a time instead of tracking which ones it has covered.
+    names = sorted(findings, key=FINDINGS.index)
     descs = {n: _describe(n, findings[n], know, rng) for n in names}  # one wording per finding per document
     for name in names:
         spec, info = findings[name], know[name]
@@ -141,7 +148,8 @@ def _rationale(findings: dict[str, FindingSpec], know: Knowledge, rng: np.random
         text = text.format(where=(f"{where.strip()}, " if where else ""), sign=sign, be="is" if k == 1 else "are",
                            where_tail=(f" {where.strip()}" if where else ""))
         parts.append(_cap(text))
-        parts.append(_LINKS[int(rng.integers(len(_LINKS)))].format(desc=descs[name]))
+        links = _HEDGED_LINKS if spec.hedged else _LINKS
+        parts.append(links[int(rng.integers(len(links)))].format(desc=descs[name]))
         extra = info.associated_text
         if extra and allowed(extra) and rng.random() < 0.5:
             parts.append(extra)
@@ -152,7 +160,7 @@ def _rationale(findings: dict[str, FindingSpec], know: Knowledge, rng: np.random
     if absent and rng.random() < 0.5:
         n = absent[int(rng.integers(len(absent)))]
         parts.append(f"No {know[n].canonical} is seen.")
-    conclusion = ", ".join(descs[n] for n in sorted(findings, key=FINDINGS.index))
+    conclusion = ", ".join(("possible " if findings[n].hedged else "") + descs[n] for n in names)
     parts.append(f"Conclusion: {conclusion}.")
     return " ".join(parts)
 
@@ -244,7 +252,7 @@ def write_corpus(path: str | Path, know: Knowledge, target_mb: float, seed: int,
                 "text": _rationale(findings, know, rng, patterns),
                 "findings": [n for n in FINDINGS if n in findings],
                 "attributes": {n: {"laterality": s.laterality if s.laterality != "none" else None,
-                                   "severity": s.severity} for n, s in findings.items()},
+                                   "severity": s.severity, "uncertain": s.hedged} for n, s in findings.items()},
             }
         line = json.dumps(doc, ensure_ascii=False)
         lines.append(line)
