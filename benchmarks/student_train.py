@@ -21,11 +21,14 @@ import torch
 from kdistill import config as cfglib
 
 
-def _steps_per_s(model, optimizer, batches, weights, cfg_loss, steps, device) -> float:
+def _steps_per_s(model, optimizer, batches, weights, augment_cfg, steps, device) -> float:
+    from student.augment import augment
     from student.losses import student_loss
 
+    g = torch.Generator().manual_seed(0)
+
     def one(batch):
-        inputs = {"images": batch["images"]}
+        inputs = {"images": augment(batch["images"], augment_cfg, g)}
         if weights.rep:
             inputs["report_ids"] = batch["report_ids"]
         if weights.kd or weights.emb:
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--model", default="{}", help="JSON overrides of StudentConfig")
-    p.add_argument("--config", help="YAML whose student section's 'model' is used (e.g. configs/demo.yaml)")
+    p.add_argument("--config", help="YAML whose student section's 'model' and 'augment' are used (e.g. configs/demo.yaml)")
     p.add_argument("--prepared")
     p.add_argument("--tokenizer")
     p.add_argument("--rationales")
@@ -72,6 +75,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
+    from student.augment import AugmentConfig
     from student.config import StudentConfig
     from student.data import Collate, StudyDataset, rationale_index
     from student.losses import LossWeights
@@ -93,10 +97,12 @@ def main(argv=None) -> int:
         rat = make_rationales(prep)
         source = f"synthetic n={args.n} size={args.size}"
     index, _ = rationale_index(rat)
-    model_dict = {}
+    model_dict, augment_dict = {}, {}
     if args.config:
         data = cfglib.read_yaml(args.config)
-        model_dict = (data.get("student", data) or {}).get("model", {}) or {}
+        section = data.get("student", data) or {}
+        model_dict, augment_dict = section.get("model", {}) or {}, section.get("augment", {}) or {}
+    augment_cfg = cfglib.from_dict(AugmentConfig, augment_dict)
     mcfg = cfglib.from_dict(StudentConfig, cfglib.merge(model_dict, json.loads(args.model)))
     spec = TokenSpec(tok, mcfg.report_prefix, mcfg.rationale_prefix)
     ds = StudyDataset(prep["train"], spec, index)
@@ -120,8 +126,9 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     full_w = LossWeights()
     cls_w = LossWeights(rep=0, kd=0, emb=0)
-    full_ips = _steps_per_s(model, opt, batches, full_w, None, args.steps, device) * args.batch_size
-    cls_ips = _steps_per_s(model, opt, batches, cls_w, None, args.steps, device) * args.batch_size
+    # both steps with the config's augmentation (it runs on the batch, inside the step)
+    full_ips = _steps_per_s(model, opt, batches, full_w, augment_cfg, args.steps, device) * args.batch_size
+    cls_ips = _steps_per_s(model, opt, batches, cls_w, augment_cfg, args.steps, device) * args.batch_size
     params = sum(p.numel() for p in model.parameters())
     result = {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(),
@@ -132,6 +139,8 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "parameters": params,
         "max_text_len": mcfg.max_text_len,
+        "report_context": mcfg.report_context,
+        "augment": augment_cfg.enabled,
         "images_per_s": {"data_loader": round(loader_ips, 1), "full_step": round(full_ips, 1),
                          "classification_only_step": round(cls_ips, 1)},
         "ratios": {"full_over_classification_only": round(full_ips / cls_ips, 3),

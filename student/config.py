@@ -37,6 +37,16 @@ class StudentConfig:
     rationale_marker: str = "Conclusion:"
     report_prefix: str = "<report>"
     rationale_prefix: str = "<rationale>"
+    # "rationale": explain, then report. The report is written after the first
+    # ``report_context_tokens`` tokens of the student's own rationale (teacher-forced with the
+    # teacher's during training), so the report follows from the explanation it comes with and
+    # the canonical finding list the rationale opens with (conclusion_first) plans the report.
+    # Needs rationale distillation (w_kd > 0); without it training falls back to "none".
+    # "none": the report is written from the image alone.
+    report_context: Literal["none", "rationale"] = "none"
+    report_context_tokens: int = 32
+    # Greedy decoding never repeats an n-gram of this many tokens within a text (0: off).
+    no_repeat_ngram_size: int = 0
     # Finding heads: one learned query per finding cross-attending to the patch tokens.
     head_width: int = 128
     head_heads: int = 4
@@ -62,3 +72,5 @@ class StudentConfig:
             raise ValueError(f"max_text_len must be at least 8, got {self.max_text_len}")
         if self.image_std <= 0:
             raise ValueError("image_std must be positive")
+        if self.report_context == "rationale" and self.report_context_tokens < 1:
+            raise ValueError(f"report_context_tokens must be >= 1, got {self.report_context_tokens}")

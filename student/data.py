@@ -243,7 +243,9 @@ class Collate:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         images, resized = to_float_images([it["image"] for it in items], self.image_size)
-        report = self.spec.batch("report", [it["report_tokens"] for it in items], self.max_len)
+        # Explaining first, each report is written after its study's (teacher) rationale.
+        contexts = [it["rationale_tokens"] for it in items] if self.spec.context_tokens and self.with_rationales else None
+        report = self.spec.batch("report", [it["report_tokens"] for it in items], self.max_len, contexts)
         batch = {
             "index": torch.tensor([it["index"] for it in items]),
             "images": images,

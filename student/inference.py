@@ -50,9 +50,9 @@ def predict(model, images, batch_size: int = 32, max_new_tokens: int = 64, texts
             probs.append(torch.sigmoid(logits.float()).cpu())
             maps.append(F.interpolate(m.float(), size=out_size, mode="bilinear", align_corners=False).cpu())
             if texts:
-                reports += model.generate(tokens, "report", max_new_tokens)
-                if rationales:
-                    rationale_texts += model.generate(tokens, "rationale", max_new_tokens)
+                rep, rat = model.generate_texts(tokens, max_new_tokens, rationales=rationales)
+                reports += rep
+                rationale_texts += rat
     model.train(was_training)
     p = torch.cat(probs).numpy() if probs else np.zeros((0, 14), np.float32)
     return {

@@ -169,7 +169,7 @@ class FindingQueryDecoder(nn.Module):
 class ReportDecoder(nn.Module):
     """CoCa's text side: open_clip TextTransformer (causal) then MultimodalTransformer over the image."""
 
-    def __init__(self, vocab_size: int, image_dim: int, cfg: StudentConfig):
+    def __init__(self, vocab_size: int, image_dim: int, cfg: StudentConfig, context_length: int):
         super().__init__()
         from open_clip.transformer import MultimodalTransformer, TextTransformer
 
@@ -179,12 +179,12 @@ class ReportDecoder(nn.Module):
         # report is written from the same evidence the 14 heads classify on.
         self.finding_proj = nn.Sequential(nn.Linear(cfg.head_width, w), nn.LayerNorm(w)) if cfg.decoder_reads_findings else None
         self.text = TextTransformer(
-            context_length=cfg.max_text_len, vocab_size=vocab_size, width=w, heads=cfg.decoder_heads,
+            context_length=context_length, vocab_size=vocab_size, width=w, heads=cfg.decoder_heads,
             layers=cfg.text_layers, output_dim=None, proj_type="none", pool_type="last", output_tokens=True,
         )
         self.multimodal = MultimodalTransformer(
             width=w, layers=cfg.multimodal_layers, heads=cfg.decoder_heads,
-            context_length=cfg.max_text_len, output_dim=vocab_size,
+            context_length=context_length, output_dim=vocab_size,
         )
         _init_multimodal(self.multimodal, w, cfg.multimodal_layers)
         # Our own LM head so the hidden states (for the pooled embedding) are reachable.
@@ -218,6 +218,23 @@ def _init_multimodal(mm: nn.Module, width: int, layers: int) -> None:
         nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
 
+def _block_repeated_ngrams(scores: torch.Tensor, generated: torch.Tensor, n: int) -> torch.Tensor:
+    """Forbid the tokens that would repeat an n-gram already in a row's generated text (as
+    transformers' ``no_repeat_ngram_size``): greedy decoding of a small decoder otherwise loops
+    ("possible mild atelectasis, possible mild atelectasis, ...")."""
+    length = generated.shape[1]
+    if length < n:
+        return scores
+    rows = generated.tolist()
+    scores = scores.clone()
+    for b, row in enumerate(rows):
+        tail = tuple(row[length - n + 1:])
+        banned = {row[i + n - 1] for i in range(length - n + 1) if tuple(row[i:i + n - 1]) == tail}
+        if banned:
+            scores[b, list(banned)] = float("-inf")
+    return scores
+
+
 # ----------------------------------------------------------------------------- the student
 
 class StudentModel(nn.Module):
@@ -225,7 +242,8 @@ class StudentModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.tokens = TokenSpec(tokenizer, cfg.report_prefix, cfg.rationale_prefix)
+        context = cfg.report_context_tokens if cfg.report_context == "rationale" else 0
+        self.tokens = TokenSpec(tokenizer, cfg.report_prefix, cfg.rationale_prefix, context)
         self.visual = build_vision_tower(cfg)
         if cfg.grayscale == "sum_conv":
             _sum_first_conv(self.visual)
@@ -233,7 +251,7 @@ class StudentModel(nn.Module):
         self.image_size = tuple(self.visual.image_size)
         vision_width = self.visual.conv1.out_channels
         self.heads = FindingQueryDecoder(vision_width, cfg.head_width, cfg.head_heads, cfg.head_layers)
-        self.decoder = ReportDecoder(cfg.vocab_size, vision_width, cfg)
+        self.decoder = ReportDecoder(cfg.vocab_size, vision_width, cfg, cfg.max_text_len + self.tokens.context_extra)
         self.embed_proj = nn.Linear(cfg.decoder_width, cfg.teacher_embed_dim) if cfg.teacher_embed_dim else None
         self.register_buffer("thresholds", torch.full((NUM_FINDINGS,), 0.5), persistent=False)
 
@@ -291,25 +309,55 @@ class StudentModel(nn.Module):
     # --- generation
 
     @torch.no_grad()
-    def generate(self, tokens: torch.Tensor, task: str, max_new_tokens: int = 64) -> list[str]:
-        """Greedy decoding from the task prompt, from patch tokens (B, N, width)."""
+    def _greedy(self, memory: torch.Tensor, prompts: list[list[int]], max_new: int) -> list[list[int]]:
+        """Greedy continuation of equal-length prompts; each row's new ids, up to (not with) eos."""
         spec = self.tokens
-        memory = self.decoder.image_memory(tokens, self.classify(tokens)[2])
-        prompt = torch.tensor(spec.prompts[task], device=tokens.device)
-        ids = prompt.unsqueeze(0).expand(tokens.shape[0], -1).clone()
-        done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-        limit = min(self.cfg.max_text_len, len(prompt) + max_new_tokens)
-        while ids.shape[1] < limit and not bool(done.all()):
-            nxt = self.decoder.lm_head(self.decoder.hidden(memory, ids)[:, -1]).argmax(-1)
+        width = {len(p) for p in prompts}
+        if len(width) != 1:
+            raise ValueError(f"prompts of one batch must have the same length, got {sorted(width)}")
+        ids = torch.tensor(prompts, device=memory.device)
+        start = ids.shape[1]
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=memory.device)
+        block = self.cfg.no_repeat_ngram_size
+        while ids.shape[1] < start + max_new and not bool(done.all()):
+            scores = self.decoder.lm_head(self.decoder.hidden(memory, ids)[:, -1])
+            if block:
+                scores = _block_repeated_ngrams(scores, ids[:, start:], block)
+            nxt = scores.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, spec.pad_id), nxt)
             ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
             done |= nxt == spec.eos_id
-        texts = []
-        for row in ids[:, len(prompt):].tolist():
-            if spec.eos_id in row:
-                row = row[: row.index(spec.eos_id)]
-            texts.append(spec.decode(row))
-        return texts
+        rows = []
+        for row in ids[:, start:].tolist():
+            rows.append(row[: row.index(spec.eos_id)] if spec.eos_id in row else row)
+        return rows
+
+    @torch.no_grad()
+    def generate_texts(self, tokens: torch.Tensor, max_new_tokens: int = 64, rationales: bool = True) -> tuple[list[str], list[str]]:
+        """Greedy reports and rationales from patch tokens (B, N, width). Explaining first
+        (``report_context: rationale``), the rationale is written first and each report after it."""
+        spec = self.tokens
+        memory = self.decoder.image_memory(tokens, self.classify(tokens)[2])
+        n = tokens.shape[0]
+
+        def budget(task: str, want: int) -> int:
+            return max(0, min(want, self.cfg.max_text_len - len(spec.prompts[task])))
+
+        rationale_ids = None
+        if rationales or spec.context_tokens:
+            want = max_new_tokens if rationales else spec.context_tokens
+            rationale_ids = self._greedy(memory, [spec.prompts["rationale"]] * n, budget("rationale", want))
+        contexts = rationale_ids if spec.context_tokens else [None] * n
+        report_ids = self._greedy(memory, [spec.report_prompt(c) for c in contexts], budget("report", max_new_tokens))
+        reports = [spec.decode(r) for r in report_ids]
+        return reports, [spec.decode(r) for r in rationale_ids] if rationales else []
+
+    def generate(self, tokens: torch.Tensor, task: str, max_new_tokens: int = 64) -> list[str]:
+        """Greedy decoding of one task ("report" or "rationale") from patch tokens (B, N, width)."""
+        if task not in self.tokens.prompts:
+            raise ValueError(f"unknown task {task!r}: 'report' or 'rationale'")
+        reports, rationales = self.generate_texts(tokens, max_new_tokens, rationales=task == "rationale")
+        return rationales if task == "rationale" else reports
 
     def predict(self, images, batch_size: int = 32, max_new_tokens: int = 64, texts: bool = True,
                 rationales: bool = True) -> dict[str, Any]:

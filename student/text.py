@@ -19,8 +19,9 @@ IGNORE_INDEX = -100
 class TokenSpec:
     """The ids the student needs from a tokenizer, and its prompt for each task."""
 
-    def __init__(self, tokenizer, report_prefix: str, rationale_prefix: str):
+    def __init__(self, tokenizer, report_prefix: str, rationale_prefix: str, context_tokens: int = 0):
         self.tokenizer = tokenizer
+        self.context_tokens = context_tokens  # rationale tokens a report is written after (0: none)
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
             self.eos_id = tokenizer.sep_token_id
@@ -35,6 +36,24 @@ class TokenSpec:
         }
         if not all(self.prompts.values()):
             raise ValueError("a task prompt is empty: give the tokenizer a bos token or a non-empty prefix")
+        self._report_prefix = _encode(tokenizer, report_prefix)
+
+    @property
+    def context_extra(self) -> int:
+        """Positions a report written after a rationale context needs beyond its own budget."""
+        if not self.context_tokens:
+            return 0
+        return len(self.report_prompt([])) - len(self.prompts["report"])
+
+    def report_prompt(self, context: Sequence[int] | None) -> list[int]:
+        """The prompt of a report: ``[bos] <report>``, or, explaining first, ``[bos] <rationale>``
+        + exactly ``context_tokens`` rationale tokens (cut, or ended by eos and padded) + ``<report>``.
+        The fixed width keeps every row's report at the same positions, in training and generation."""
+        if context is None or not self.context_tokens:
+            return list(self.prompts["report"])
+        n = self.context_tokens
+        fitted = (list(context)[:n] + [self.eos_id] + [self.pad_id] * n)[:n]
+        return self.prompts["rationale"] + fitted + self._report_prefix
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Texts -> token ids without special tokens (done once up front for a whole split)."""
@@ -42,18 +61,22 @@ class TokenSpec:
             return []
         return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
-    def batch(self, task: str, token_lists: Sequence[Sequence[int] | None], max_len: int) -> dict[str, torch.Tensor]:
+    def batch(self, task: str, token_lists: Sequence[Sequence[int] | None], max_len: int,
+              contexts: Sequence[Sequence[int] | None] | None = None) -> dict[str, torch.Tensor]:
         """Right-padded ``ids`` (B, L), ``labels`` (B, L) with -100 off-target, ``mask`` (B, L) real tokens.
 
-        A ``None`` entry (no text for that row) gives a row whose labels are all -100.
+        A ``None`` entry (no text for that row) gives a row whose labels are all -100. ``contexts``
+        (reports only): per row, the rationale tokens the report is written after (see
+        ``report_prompt``); the text keeps its own budget of ``max_len`` tokens, prompt included.
         """
-        prompt = self.prompts[task]
         rows, labels = [], []
-        for tokens in token_lists:
+        for i, tokens in enumerate(token_lists):
+            budget = max(0, max_len - len(self.prompts[task]) - 1)
+            prompt = self.report_prompt(contexts[i]) if contexts is not None and task == "report" else self.prompts[task]
             if tokens is None:
                 seq, lab = list(prompt), [IGNORE_INDEX] * len(prompt)
             else:
-                body = list(tokens)[: max(0, max_len - len(prompt) - 1)] + [self.eos_id]
+                body = list(tokens)[:budget] + [self.eos_id]
                 seq = prompt + body
                 lab = [IGNORE_INDEX] * len(prompt) + body
             rows.append(seq)

@@ -33,6 +33,7 @@ import torch
 from kdistill import config as cfglib
 from kdistill.errors import DataError
 from student import checkpoint as ckpt
+from student.augment import AugmentConfig, augment
 from student.config import StudentConfig
 from student.losses import LossWeights, student_loss
 
@@ -47,6 +48,7 @@ LOG_COLUMNS = ("step", "epoch", "lr", "loss", "cls", "rep", "kd", "emb", "val_lo
 class StageConfig:
     model: StudentConfig = dataclasses.field(default_factory=StudentConfig)
     loss: LossWeights = dataclasses.field(default_factory=LossWeights)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)  # training images only
     uncertain: Literal["ignore", "ones", "zeros"] = "ignore"
     blank: Literal["zeros", "ignore"] = "zeros"
     batch_size: int = 32  # per process and micro-batch
@@ -267,6 +269,10 @@ def _build_data(cfg: StageConfig, prepared, tokenizer, rationales, tokenizer_dir
         if split not in prepared:
             raise DataError(None, f"the prepared cache has no '{split}' split (has {list(prepared)})")
     rat_index, tok_check, model_cfg, inconsistent = None, "not used", dataclasses.replace(cfg.model), 0
+    if model_cfg.report_context == "rationale" and not cfg.loss.kd:
+        # Nothing would teach the student to write the rationale its reports follow.
+        log.info("report_context 'rationale' needs w_kd > 0: reports are written from the image alone")
+        model_cfg.report_context = "none"
     if cfg.needs_rationales:
         if rationales is None:
             raise DataError(rationale_path, "w_kd or w_emb > 0 needs the teacher's rationale cache")
@@ -396,6 +402,11 @@ def train(
             loader.set_epoch(state.epoch)
             sampler.set_epoch(state.epoch)
             for batch in loader:
+                if cfg.augment.enabled:
+                    # seeded by position in the schedule, so a resumed run draws the same jitter
+                    g = torch.Generator().manual_seed(((seed * 100003 + state.epoch) * 10007 + state.batch_in_epoch) * 64
+                                                      + accelerator.process_index)
+                    batch["images"] = augment(batch["images"], cfg.augment, g)
                 with accelerator.accumulate(model):
                     out = model(**_model_inputs(batch, cfg))
                     loss, terms = student_loss(out, batch, cfg.loss)

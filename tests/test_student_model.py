@@ -183,3 +183,89 @@ def test_prompt_embedding_pool_reads_the_image_and_not_the_rationale_tokens(toy)
             ec = model(x.flip(0), rationale_ids=a["ids"], rationale_mask=a["mask"], with_embedding=True)["embedding"]
         assert (not torch.allclose(ea, eb, atol=1e-6)) is text_matters, pool
         assert not torch.allclose(ea, ec, atol=1e-6), pool  # both depend on the image
+
+
+def test_report_prompt_after_a_rationale_has_a_fixed_width_and_labels_only_the_report(toy):
+    _, tok = toy
+    spec = TokenSpec(tok, "<report>", "<rationale>", context_tokens=6)
+    report_prefix = spec.encode(["<report>"])[0]
+    long, short = list(range(10, 20)), [10, 11]
+    assert spec.report_prompt(long) == spec.prompts["rationale"] + long[:6] + report_prefix
+    # a rationale that ended early: eos, then padding up to the same width
+    assert spec.report_prompt(short) == spec.prompts["rationale"] + short + [spec.eos_id] + [spec.pad_id] * 3 + report_prefix
+    assert spec.report_prompt(None) == spec.prompts["report"]  # no rationale: the plain report prompt
+    assert spec.context_extra == len(spec.report_prompt(long)) - len(spec.prompts["report"])
+    body = spec.encode(["There is edema."])[0]
+    b = spec.batch("report", [body, body], max_len=len(spec.prompts["report"]) + 3, contexts=[long, None])
+    prompt = spec.report_prompt(long)
+    # the report keeps its own budget (max_len, prompt included) after the context
+    assert b["ids"][0, : len(prompt) + 3].tolist() == prompt + body[:2] + [spec.eos_id]
+    assert b["labels"][0].tolist() == [IGNORE_INDEX] * len(prompt) + body[:2] + [spec.eos_id]
+    assert b["labels"][1, : len(spec.prompts["report"]) + 3].tolist() == [IGNORE_INDEX] * len(spec.prompts["report"]) + body[:2] + [spec.eos_id]
+
+
+def _memorise(model, x, sequences, steps=80):
+    """Teacher-force the decoder on (report batch) until it has memorised the texts."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    w = LossWeights(cls=0, rep=1, kd=1, emb=0)
+    for _ in range(steps):
+        out = model(x, report_ids=sequences["report"]["ids"], rationale_ids=sequences["rationale"]["ids"])
+        batch = {"report_labels": sequences["report"]["labels"], "rationale_labels": sequences["rationale"]["labels"]}
+        loss, _ = student_loss(out, batch, w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_explaining_first_the_report_follows_the_rationale_it_is_written_after(toy):
+    """Trained on one image with two (rationale, report) pairs, the report the decoder writes is
+    the one of the rationale in its prompt: the layout teaches the report to follow the context."""
+    _, tok = toy
+    torch.manual_seed(0)
+    model = create_student(_cfg(report_context="rationale", report_context_tokens=8), tok)
+    spec = model.tokens
+    rats = spec.encode(["Increased density explains edema.", "Clear lungs and a normal heart."])
+    reps = spec.encode(["IMPRESSION: Edema", "IMPRESSION: The lungs are clear."])
+    x = torch.zeros(2, 1, 32, 32)
+    seqs = {"report": spec.batch("report", reps, 48, contexts=rats), "rationale": spec.batch("rationale", rats, 48)}
+    assert all(len(r) < 40 for r in reps)  # memorised whole
+    _memorise(model, x, seqs)
+    with torch.no_grad():
+        memory = model.decoder.image_memory(model.encode_image(x[:1]), model.classify(model.encode_image(x[:1]))[2])
+        for rat, rep in zip(rats, reps):
+            assert model._greedy(memory, [spec.report_prompt(rat)], 45) == [rep]
+
+
+def test_explaining_first_generates_the_rationale_then_the_report(toy):
+    _, tok = toy
+    torch.manual_seed(0)
+    model = create_student(_cfg(report_context="rationale", report_context_tokens=8), tok)
+    spec = model.tokens
+    rat, rep = "Increased density explains edema.", "IMPRESSION: Edema"
+    x = torch.rand(1, 1, 32, 32)
+    seqs = {"report": spec.batch("report", spec.encode([rep]), 40, contexts=spec.encode([rat])),
+            "rationale": spec.batch("rationale", spec.encode([rat]), 40)}
+    _memorise(model, x, seqs)
+    tokens = model.encode_image(x)
+    assert model.generate_texts(tokens, max_new_tokens=30) == ([rep], [rat])
+    assert model.generate_texts(tokens, max_new_tokens=30, rationales=False) == ([rep], [])
+    assert model.generate(tokens, "report", 30) == [rep] and model.generate(tokens, "rationale", 30) == [rat]
+    # the decoder has positions for the context and a full report after it
+    assert model.decoder.text.positional_embedding.shape[0] == model.cfg.max_text_len + spec.context_extra
+
+
+def test_no_repeat_ngram_blocking_equals_transformers(toy):
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from student.model import _block_repeated_ngrams
+
+    g = torch.Generator().manual_seed(0)
+    generated = torch.randint(0, 5, (6, 12), generator=g)
+    generated[0] = torch.tensor([1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3])  # a loop
+    scores = torch.randn(6, 7, generator=g)
+    for n in (2, 3, 4):
+        expected = NoRepeatNGramLogitsProcessor(n)(generated, scores.clone())
+        assert torch.equal(_block_repeated_ngrams(scores, generated, n), expected), n
+    assert torch.equal(_block_repeated_ngrams(scores, generated[:, :2], 3), scores)  # shorter than n
+

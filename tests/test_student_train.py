@@ -94,9 +94,34 @@ def test_each_baseline_switch_trains_only_its_terms(toy, tmp_path, weights):
     assert (saved["teacher_embed_dim"] is not None) == bool(weights.get("emb", 1))
 
 
-def test_resume_continues_the_same_schedule_to_the_same_weights(toy, tmp_path):
+def test_explain_then_report_trains_on_the_rationale_layout_and_falls_back_without_kd(toy, tmp_path):
+    from student.data import Collate
+
     prep, tok, rat = toy
-    cfg = _cfg(max_steps=6, save_every=3, keep_checkpoints=3, eval_every=3)
+    model_cfg = {**TINY_MODEL, "report_context": "rationale", "report_context_tokens": 6}
+    train(_cfg(max_steps=3, model=model_cfg), tmp_path / "a", prep, tok, rat)
+    model = student.load(tmp_path / "a")
+    assert model.cfg.report_context == "rationale"
+    out = model.predict(np.asarray(prep["test"]["image"][:2], dtype=np.uint8), max_new_tokens=8, rationales=False)
+    assert len(out["reports"]) == 2 and out["rationales"] == []
+    # the training batch writes each report after its study's rationale (the first 6 tokens)
+    from student.data import StudyDataset, rationale_index
+
+    index, _ = rationale_index(rat)
+    ds = StudyDataset(prep["train"], model.tokens, index)
+    batch = Collate(model.tokens, model.image_size, model.cfg.max_text_len, True)([ds[0], ds[1]])
+    prompt = model.tokens.report_prompt(ds[0]["rationale_tokens"])
+    assert batch["report_ids"][0, : len(prompt)].tolist() == prompt
+    assert (batch["report_labels"][0, : len(prompt)] == -100).all()
+    # without rationale distillation nothing teaches the rationale: reports from the image alone
+    train(_cfg(max_steps=2, model=model_cfg, loss={"kd": 0, "emb": 0}), tmp_path / "b", prep, tok, None)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["report_context"] == "none"
+
+
+@pytest.mark.parametrize("augmented", [False, True])
+def test_resume_continues_the_same_schedule_to_the_same_weights(toy, tmp_path, augmented):
+    prep, tok, rat = toy
+    cfg = _cfg(max_steps=6, save_every=3, keep_checkpoints=3, eval_every=3, augment={"enabled": augmented})
     train(cfg, tmp_path / "a", prep, tok, rat)
     # an interrupted run: only the step-3 state exists, then --resume
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
