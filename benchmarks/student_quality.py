@@ -52,8 +52,8 @@ import numpy as np
 from kdistill import config as cfglib
 
 VARIANTS = {
-    "classification only": {"rep": 0.0, "kd": 0.0, "emb": 0.0},
-    "+ report": {"kd": 0.0, "emb": 0.0},
+    "classification only": {"rep": 0.0, "kd": 0.0, "emb": 0.0, "tok": 0.0},
+    "+ report": {"kd": 0.0, "emb": 0.0, "tok": 0.0},
     "+ distillation": {},
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from student.text import TokenSpec, rationale_text, report_text, tokenizer_finge
 log = logging.getLogger(__name__)
 
 RATIONALE_COLUMNS = ("study_id", "rationale", "embedding")
+TOPK_COLUMNS = ("topk_ids", "topk_logprobs")  # teacher.cache.TOPK_COLUMNS, when generated with topk > 0
 PREPARED_COLUMNS = ("study_id", "image", "labels", "findings", "impression")
 # Up to this many bytes of images are held in memory as one array (the demo: ~10 MB); a larger
 # split is read row by row from the Arrow cache.
@@ -96,25 +97,38 @@ def check_rationale_tokenizer(cache_path: str | Path | None, tokenizer_dir: str 
     return "+".join(checks) or "unverified"
 
 
-def rationale_index(cache, consistent_only: bool = True) -> tuple[dict[str, tuple[str, np.ndarray | None]], int]:
-    """study_id -> (rationale, embedding), and how many studies were left out as inconsistent.
+class Rationale(NamedTuple):
+    text: str
+    embedding: np.ndarray | None
+    # (ids, log-probs), each (tokens + 1, k): the teacher's top-k at every position of ``text``
+    # as tokenised without special tokens, then at eos; None when the cache has none
+    topk: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def rationale_index(cache, consistent_only: bool = True, with_topk: bool = False) -> tuple[dict[str, Rationale], int]:
+    """study_id -> Rationale, and how many studies were left out as inconsistent.
 
     A study with several rows keeps its first consistent one. With ``consistent_only`` a study whose
     rationales all disagree with its labels (``consistent`` False) gets none: distilling a
-    rationale that contradicts the labels would teach the contradiction.
+    rationale that contradicts the labels would teach the contradiction. ``with_topk`` reads the
+    teacher's cached top-k log-probs too (the cache must have them).
     """
     has_flag = "consistent" in cache.column_names
-    cols = cache.select_columns([c for c in ("study_id", "rationale", "embedding", "consistent") if c in cache.column_names])
-    out: dict[str, tuple[str, np.ndarray | None, bool]] = {}
+    wanted = ("study_id", "rationale", "embedding", "consistent") + (TOPK_COLUMNS if with_topk else ())
+    cols = cache.select_columns([c for c in wanted if c in cache.column_names])
+    out: dict[str, tuple[Rationale, bool]] = {}
     for row in cols:
         sid = str(row["study_id"])
         ok = bool(row["consistent"]) if has_flag else True
-        if sid in out and (out[sid][2] or not ok):
+        if sid in out and (out[sid][1] or not ok):
             continue
         emb = None if row["embedding"] is None else np.asarray(row["embedding"], dtype=np.float32)
-        out[sid] = (row["rationale"] or "", emb, ok)
-    dropped = sum(1 for v in out.values() if not v[2]) if consistent_only else 0
-    return {k: (v[0], v[1]) for k, v in out.items() if v[2] or not consistent_only}, dropped
+        topk = None
+        if with_topk and row["topk_ids"] is not None:
+            topk = (np.asarray(row["topk_ids"], dtype=np.int64), np.asarray(row["topk_logprobs"], dtype=np.float32))
+        out[sid] = (Rationale(row["rationale"] or "", emb, topk), ok)
+    dropped = sum(1 for _, ok in out.values() if not ok) if consistent_only else 0
+    return {k: r for k, (r, ok) in out.items() if ok or not consistent_only}, dropped
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -126,7 +140,7 @@ class StudyDataset(torch.utils.data.Dataset):
         self,
         split,
         spec: TokenSpec,
-        rationales: dict[str, tuple[str, np.ndarray | None]] | None = None,
+        rationales: dict[str, Rationale] | None = None,
         uncertain: str = "ignore",
         blank: str = "zeros",
         split_name: str = "train",
@@ -146,6 +160,7 @@ class StudyDataset(torch.utils.data.Dataset):
         self.report_tokens = spec.encode(self.report_texts)
         self.rationale_tokens: list[list[int] | None] = [None] * len(self)
         self.teacher_embedding: np.ndarray | None = None
+        self.teacher_topk: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(self)
         self.missing_rationales: list[str] = []
         if rationales is not None:
             present = [i for i, s in enumerate(self.study_ids) if s in rationales]
@@ -153,6 +168,16 @@ class StudyDataset(torch.utils.data.Dataset):
             texts = [rationale_text(rationales[self.study_ids[i]][0], rationale_order, rationale_marker) for i in present]
             for i, toks in zip(present, spec.encode(texts)):
                 self.rationale_tokens[i] = toks
+                topk = getattr(rationales[self.study_ids[i]], "topk", None)
+                if topk is not None:
+                    if rationale_order != "as_written":
+                        raise ValueError("token-level KD needs rationale_order 'as_written': the teacher's "
+                                         "top-k follow its rationale token by token")
+                    if len(topk[0]) != len(toks) + 1:
+                        raise DataError(split_name, f"study {self.study_ids[i]}: the cached teacher top-k has "
+                                                    f"{len(topk[0])} rows for a rationale of {len(toks)} tokens "
+                                                    f"(+ eos); the cache was made with another tokenizer")
+                    self.teacher_topk[i] = topk
             embs = [rationales[self.study_ids[i]][1] for i in present]
             dims = {e.shape[-1] for e in embs if e is not None}
             if len(dims) > 1:
@@ -198,6 +223,7 @@ class StudyDataset(torch.utils.data.Dataset):
             "target_mask": self.target_mask[i],
             "report_tokens": self.report_tokens[i],
             "rationale_tokens": self.rationale_tokens[i],
+            "teacher_topk": self.teacher_topk[i],
         }
         if self.teacher_embedding is not None:
             item["teacher_embedding"] = self.teacher_embedding[i]
@@ -262,9 +288,33 @@ class Collate:
             batch["rationale_labels"] = rat["labels"]
             batch["rationale_mask"] = rat["mask"]
             batch["has_rationale"] = torch.tensor([t is not None for t in toks])
+            if any(it.get("teacher_topk") is not None for it in items):
+                batch.update(self._topk(items, rat["labels"], len(self.spec.prompts["rationale"])))
             if "teacher_embedding" in items[0]:
                 batch["teacher_embedding"] = torch.from_numpy(np.stack([it["teacher_embedding"] for it in items]))
         return batch
+
+
+    def _topk(self, items, labels: torch.Tensor, start: int) -> dict[str, torch.Tensor]:
+        """The teacher's top-k in the rationale labels' coordinates: ``rationale_topk_ids`` /
+        ``_logprobs`` (B, L, k) and ``rationale_topk_mask`` (B, L), true where the label is the
+        token the teacher was fed there (a target cut at max_text_len ends with an eos the
+        teacher never predicted at that place: no KD on it)."""
+        k = next(it["teacher_topk"][0].shape[1] for it in items if it.get("teacher_topk") is not None)
+        b, width = labels.shape
+        ids = torch.zeros((b, width, k), dtype=torch.long)
+        logp = torch.zeros((b, width, k), dtype=torch.float32)
+        mask = torch.zeros((b, width), dtype=torch.bool)
+        for r, it in enumerate(items):
+            if it.get("teacher_topk") is None:
+                continue
+            fed = torch.tensor(list(it["rationale_tokens"]) + [self.spec.eos_id])
+            n = min(len(fed), width - start)
+            body = labels[r, start:start + n]
+            ids[r, start:start + n] = torch.from_numpy(it["teacher_topk"][0][:n])
+            logp[r, start:start + n] = torch.from_numpy(it["teacher_topk"][1][:n])
+            mask[r, start:start + n] = body == fed[:n]
+        return {"rationale_topk_ids": ids, "rationale_topk_logprobs": logp, "rationale_topk_mask": mask}
 
 
 class EpochSampler(torch.utils.data.Sampler):

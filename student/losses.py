@@ -5,6 +5,8 @@ L = w_cls * masked BCE                          (findings; mask from the uncerta
   + w_kd  * caption CE on the teacher's rationale  (sequence-level KD)
   + w_emb * feature KD: (1 - cos) + InfoNCE between the student's pooled multimodal embedding
             (projected to the teacher's size) and the teacher's rationale embedding
+  + w_tok * token-level KD: KL from the teacher's cached top-k next-token distribution to the
+            student's, at every rationale position (needs a cache generated with topk > 0)
 Another term (an explanation-guided loss on the finding maps) joins by adding its name to
 ``LossWeights`` and its value to the dict ``combine`` sums.
 """
@@ -24,17 +26,19 @@ class LossWeights:
     rep: float = 1.0
     kd: float = 1.0
     emb: float = 0.2  # 0.5 with the image-side (prompt) embedding stalled the tower on one validation seed
+    tok: float = 0.0  # token-level KD; the demo cache stores no top-k (conclusion_first reorders the text)
     temperature: float = 0.1  # InfoNCE temperature of the feature-KD term
+    tok_temperature: float = 1.0  # softening of both distributions in the token-level KD term
 
     def validate(self) -> None:
-        for name in ("cls", "rep", "kd", "emb"):
+        for name in ("cls", "rep", "kd", "emb", "tok"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss weight {name} must be >= 0")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be positive")
+        if self.temperature <= 0 or self.tok_temperature <= 0:
+            raise ValueError("temperature and tok_temperature must be positive")
 
     def terms(self) -> dict[str, float]:
-        return {"cls": self.cls, "rep": self.rep, "kd": self.kd, "emb": self.emb}
+        return {"cls": self.cls, "rep": self.rep, "kd": self.kd, "emb": self.emb, "tok": self.tok}
 
 
 def classification_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,6 +76,26 @@ def feature_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float)
     return embedding_cosine(student, teacher) + info_nce(student, teacher, temperature)
 
 
+def topk_kl(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, mask: torch.Tensor,
+            temperature: float = 1.0) -> torch.Tensor:
+    """Token-level KD to a cached top-k teacher: at each position with ``mask``, KL(p || q) over
+    the teacher's k tokens, p the teacher's top-k log-probs renormalised (softmax of
+    ``topk_logprobs / T``) and q the student's full-vocabulary softmax of ``logits / T``; the mean
+    over positions, times T² (so gradients keep their size across T, as in Hinton et al.).
+    Shapes: logits (B, L, V), topk_* (B, L, k), mask (B, L). With k = V it is the exact KL."""
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    t = float(temperature)
+    student_logq = torch.log_softmax(logits[mask].float() / t, dim=-1)  # (N, V)
+    ids = topk_ids[mask]
+    inside = ids < student_logq.shape[-1]  # a teacher id past the student's vocabulary weighs 0
+    teacher = (topk_logprobs[mask].float() / t).masked_fill(~inside, float("-inf"))
+    p, logp = torch.softmax(teacher, dim=-1), torch.log_softmax(teacher, dim=-1)
+    logq = student_logq.gather(-1, ids.clamp(max=student_logq.shape[-1] - 1))
+    per_pos = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+    return per_pos.mean() * t * t
+
+
 def combine(values: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """Weighted sum of the terms present; a term with weight 0 is left out of the graph."""
     total = None
@@ -99,4 +123,11 @@ def student_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], w
         has = batch["has_rationale"] if "teacher_embedding" in batch else torch.zeros(len(out["embedding"]), dtype=torch.bool)
         teacher = batch.get("teacher_embedding", out["embedding"])
         values["emb"] = feature_kd(out["embedding"][has], teacher[has], weights.temperature)
+    if w["tok"]:
+        if "rationale_topk_ids" not in batch:  # no row of this batch has the teacher's top-k
+            values["tok"] = out["rationale_logits"].sum() * 0.0
+        else:  # logits[:, i] predict ids[:, i + 1]: the top-k of label position i + 1
+            values["tok"] = topk_kl(out["rationale_logits"], batch["rationale_topk_ids"][:, 1:],
+                                    batch["rationale_topk_logprobs"][:, 1:], batch["rationale_topk_mask"][:, 1:],
+                                    weights.tok_temperature)
     return combine(values, w), values

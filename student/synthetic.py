@@ -92,6 +92,26 @@ def make_rationales(prepared, dim: int = 16, seed: int = 0, teacher_id: str = "t
     return datasets.Dataset.from_dict(rows)
 
 
+def add_topk(rationales, tokenizer, k: int = 4, seed: int = 0, top_prob: float = 0.7):
+    """``rationales`` with the teacher cache's top-k columns from a stand-in teacher that gives
+    each true next token (the rationale's tokens, then eos) ``top_prob`` and the rest of its top k
+    to random other tokens."""
+    rng = np.random.default_rng(seed + 11)
+    vocab = len(tokenizer)
+    ids_col, lp_col = [], []
+    for text in rationales["rationale"]:
+        fed = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+        rest = np.full(k - 1, (1 - top_prob) / max(k - 1, 1))
+        ids, lps = [], []
+        for t in fed:
+            others = rng.choice([v for v in range(vocab) if v != t], size=k - 1, replace=False)
+            ids.append([t, *others.tolist()])
+            lps.append(np.log([top_prob, *rest]).astype(np.float32).tolist())
+        ids_col.append(ids)
+        lp_col.append(lps)
+    return rationales.add_column("topk_ids", ids_col).add_column("topk_logprobs", lp_col)
+
+
 def make_tokenizer(prepared=None, vocab_size: int = 300):
     """A byte-level BPE trained on the synthetic texts, wrapped as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

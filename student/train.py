@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from kdistill import config as cfglib
+from kdistill.config import ConfigError
 from kdistill.errors import DataError
 from student import checkpoint as ckpt
 from student.augment import AugmentConfig, augment
@@ -40,7 +41,7 @@ from student.losses import LossWeights, student_loss
 log = logging.getLogger("kdistill.student")
 
 STATE_FILE = "train_state.json"
-LOG_COLUMNS = ("step", "epoch", "lr", "loss", "cls", "rep", "kd", "emb", "val_loss", "val_micro_auc",
+LOG_COLUMNS = ("step", "epoch", "lr", "loss", "cls", "rep", "kd", "emb", "tok", "val_loss", "val_micro_auc",
                "val_macro_auc", "images_per_s")
 
 
@@ -88,7 +89,7 @@ class StageConfig:
 
     @property
     def needs_rationales(self) -> bool:
-        return self.loss.kd > 0 or self.loss.emb > 0
+        return self.loss.kd > 0 or self.loss.emb > 0 or self.loss.tok > 0
 
 
 class NonFiniteLoss(RuntimeError):
@@ -275,9 +276,16 @@ def _build_data(cfg: StageConfig, prepared, tokenizer, rationales, tokenizer_dir
         model_cfg.report_context = "none"
     if cfg.needs_rationales:
         if rationales is None:
-            raise DataError(rationale_path, "w_kd or w_emb > 0 needs the teacher's rationale cache")
+            raise DataError(rationale_path, "w_kd, w_emb or w_tok > 0 needs the teacher's rationale cache")
         tok_check = check_rationale_tokenizer(rationale_path, tokenizer_dir, tokenizer, rationales)
-        rat_index, inconsistent = rationale_index(rationales, cfg.consistent_rationales_only)
+        if cfg.loss.tok:
+            if "topk_ids" not in rationales.column_names:
+                raise DataError(rationale_path, "w_tok > 0 but the rationale cache has no teacher top-k log-probs; "
+                                                "generate it with teacher_generate topk=K (e.g. 16)")
+            if model_cfg.rationale_order != "as_written":
+                raise ConfigError("w_tok > 0 needs model.rationale_order: as_written (the teacher's top-k "
+                                  f"follow its rationale token by token), not {model_cfg.rationale_order!r}")
+        rat_index, inconsistent = rationale_index(rationales, cfg.consistent_rationales_only, with_topk=cfg.loss.tok > 0)
     spec = TokenSpec(tokenizer, model_cfg.report_prefix, model_cfg.rationale_prefix)
     order = (model_cfg.report_order, model_cfg.rationale_order, model_cfg.rationale_marker)
     train_ds = StudyDataset(prepared["train"], spec, rat_index, cfg.uncertain, cfg.blank, "train", *order)
@@ -313,7 +321,7 @@ def train(
     """Train a student and write its checkpoint folder to ``out_dir``; returns metrics.json's content.
 
     ``prepared``: DatasetDict with train/validate splits (prepared-cache columns); ``rationales``:
-    the teacher's rationale Dataset (needed when w_kd or w_emb > 0).
+    the teacher's rationale Dataset (needed when w_kd, w_emb or w_tok > 0).
     """
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -540,7 +548,7 @@ def train_from_paths(cfg: StageConfig, out_dir: str | Path, prepared: str | Path
     cache = None
     if cfg.needs_rationales:
         if rationales is None:
-            raise DataError(None, "w_kd or w_emb > 0: give --rationales (the teacher's rationale cache)")
+            raise DataError(None, "w_kd, w_emb or w_tok > 0: give --rationales (the teacher's rationale cache)")
         cache = load_rationale_cache(rationales)
     return train(cfg, out_dir, data, tokenizer, cache, resume=resume, tokenizer_dir=tokenizer_dir,
                  rationale_path=rationales, seed=seed)
@@ -577,7 +585,7 @@ def main(argv: list[str] | None = None, prog: str = "kdistill student train") ->
     )
     parser.add_argument("--prepared", required=True, help="prepared image cache (kdistill data prepare)")
     parser.add_argument("--tokenizer", required=True, help="the teacher folder (its tokenizer is shared)")
-    parser.add_argument("--rationales", help="the teacher's rationale cache folder (needed when w_kd/w_emb > 0)")
+    parser.add_argument("--rationales", help="the teacher's rationale cache folder (needed when w_kd/w_emb/w_tok > 0)")
     parser.add_argument("--out", required=True, help="output checkpoint folder")
     parser.add_argument("--config", help="YAML with the student settings (a run config's 'student' section or a bare one)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")

@@ -29,14 +29,19 @@ log = logging.getLogger(__name__)
 COLUMNS = ("study_id", "prompt", "rationale", "teacher_id", "gen_config_hash", "embedding", "consistent")
 # Shard-only bookkeeping, summarised into summary.json and dropped from the dataset.
 EXTRA_COLUMNS = ("tries", "truncated")
+# With ``topk > 0`` (teacher_generate): the teacher's top-k next-token log-probs at each position
+# of the rationale as the student tokenises it, then eos (row j: the distribution for token j),
+# for the student's token-level KD. Absent otherwise.
+TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
 META_FILE = "cache.json"
 # What must match between a cache and the current run (the rest of cache.json is information).
 META_KEYS = ("teacher_id", "adapter_hash", "prompt_version", "gen_config_hash")
 
 
-def features():
+def features(with_topk: bool = False):
     from datasets import Features, List, Value
 
+    topk = {"topk_ids": List(List(Value("int32"))), "topk_logprobs": List(List(Value("float32")))} if with_topk else {}
     return Features({
         "study_id": Value("string"),
         "prompt": Value("string"),
@@ -45,6 +50,7 @@ def features():
         "gen_config_hash": Value("string"),
         "embedding": List(Value("float32")),
         "consistent": Value("bool"),
+        **topk,
     })
 
 
@@ -105,7 +111,8 @@ def done_keys(out_dir: Path) -> set[str]:
 class ShardWriter:
     """Writes one rank's rows as numbered parquet shards, atomically."""
 
-    def __init__(self, out_dir: Path, rank: int):
+    def __init__(self, out_dir: Path, rank: int, with_topk: bool = False):
+        self.with_topk = with_topk
         self.dir = out_dir / "shards"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank = rank
@@ -119,7 +126,7 @@ class ShardWriter:
 
         if not rows:
             return None
-        table = pa.Table.from_pylist(list(rows), schema=_arrow_schema())
+        table = pa.Table.from_pylist(list(rows), schema=_arrow_schema(self.with_topk))
         path = self.dir / f"r{self.rank:03d}-{self.next:06d}.parquet"
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".shard.", suffix=".tmp")
         os.close(fd)
@@ -134,14 +141,16 @@ class ShardWriter:
         return path
 
 
-def _arrow_schema():
+def _arrow_schema(with_topk: bool = False):
     import pyarrow as pa
 
+    topk = [("topk_ids", pa.list_(pa.list_(pa.int32()))), ("topk_logprobs", pa.list_(pa.list_(pa.float32())))]
     return pa.schema([
         ("study_id", pa.string()), ("prompt", pa.string()), ("rationale", pa.string()),
         ("teacher_id", pa.string()), ("gen_config_hash", pa.string()),
         ("embedding", pa.list_(pa.float32())), ("consistent", pa.bool_()),
         ("tries", pa.int32()), ("truncated", pa.bool_()),
+        *(topk if with_topk else []),
     ])
 
 
@@ -171,8 +180,11 @@ def merge(out_dir: Path, order: Sequence[str]) -> tuple[Any, dict[str, int]]:
         "truncated": sum(bool(r["truncated"]) for r in ordered),
         "duplicates_dropped": duplicates,
     }
-    data = {c: [r[c] for r in ordered] for c in COLUMNS}
-    dataset = Dataset.from_dict(data, features=features())
+    # shards of one cache agree (topk is in gen_config_hash, which check_metadata holds fixed)
+    with_topk = all(r.get("topk_ids") is not None for r in ordered)
+    columns = COLUMNS + (TOPK_COLUMNS if with_topk else ())
+    data = {c: [r[c] for r in ordered] for c in columns}
+    dataset = Dataset.from_dict(data, features=features(with_topk))
     _save_dataset_atomic(dataset, out_dir / "dataset")
     return dataset, counts
 

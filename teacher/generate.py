@@ -63,15 +63,26 @@ class StageConfig:
     on_error: Literal["raise", "skip"] = "raise"  # bad studies when loading the dataset
     limit: int = 0  # 0: every study; N: the first N (quick runs)
     seed: int = 0
+    # > 0: also store the teacher's top-k next-token log-probs at every rationale position
+    # (teacher-forced on the rationale as the student tokenises it) for token-level KD
+    # (student loss.tok); costs one forward pass per unique prompt and k*8 bytes per token.
+    topk: int = 0
     force: bool = False  # discard a cache made with another teacher / config
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_beams < 1 or self.max_retries < 0:
             raise ValueError("batch_size, max_new_tokens, num_beams >= 1 and max_retries >= 0 are required")
+        if self.topk < 0:
+            raise ValueError(f"topk must be >= 0, got {self.topk}")
+
+
+def _gen_config(cfg: StageConfig) -> dict[str, Any]:
+    # topk joins only when set, so caches made before it existed keep their hash
+    return {**{k: getattr(cfg, k) for k in GEN_KEYS}, **({"topk": cfg.topk} if cfg.topk else {})}
 
 
 def gen_config_hash(cfg: StageConfig) -> str:
-    return cfglib.config_hash({**{k: getattr(cfg, k) for k in GEN_KEYS}, "prompt_version": PROMPT_VERSION})
+    return cfglib.config_hash({**_gen_config(cfg), "prompt_version": PROMPT_VERSION})
 
 
 # --- backends ---------------------------------------------------------------------------------
@@ -203,17 +214,22 @@ class HFBackend:
             results.append(self._output([t for t in row if t != self.tok.pad_token_id], None))  # embed() later
         return results
 
-    def embed(self, prompts: list[str], rationale_ids: list[list[int]]) -> list[np.ndarray]:
-        pairs, out, i = list(zip(prompts, rationale_ids)), [], 0
+    def _forward_in_chunks(self, fn, pairs: list) -> list:
+        """``fn`` over chunks of at most ``max_batch`` (prompt, tokens) pairs; a CUDA
+        out-of-memory halves the chunk and goes on."""
+        out, i = [], 0
         while i < len(pairs):
             chunk = pairs[i:i + self.max_batch]
             try:
-                out.extend(self._embed(chunk))
+                out.extend(fn(chunk))
             except torch.cuda.OutOfMemoryError as err:
                 self._halve(len(chunk), err)
                 continue
             i += len(chunk)
         return out
+
+    def embed(self, prompts: list[str], rationale_ids: list[list[int]]) -> list[np.ndarray]:
+        return self._forward_in_chunks(self._embed, list(zip(prompts, rationale_ids)))
 
     @torch.no_grad()
     def _embed(self, pairs) -> list[np.ndarray]:
@@ -227,6 +243,28 @@ class HFBackend:
         for b, (_, r) in enumerate(pairs):
             n = max(len(r), 1)
             out.append(hidden[b, -n:].float().mean(0).cpu().numpy().astype(np.float32))
+        return out
+
+    def token_topk(self, prompts: list[str], texts: list[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per rationale, (ids, log-probs), each (n + 1, k): the teacher's top-k next-token
+        distribution at every position of ``text`` as the student tokenises it (no special
+        tokens), then at the position of eos. Teacher-forced, so one pass serves any backend and
+        the rows line up with the student's targets token for token."""
+        tokens = [list(t) for t in self.tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        return self._forward_in_chunks(lambda chunk: self._token_topk(chunk, k), list(zip(prompts, tokens)))
+
+    @torch.no_grad()
+    def _token_topk(self, pairs, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        seqs = [self.prompt_ids(p) + r + [self.tok.eos_token_id] for p, r in pairs]
+        ids, mask = self._left_pad(seqs)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        out = []
+        for b, (_, r) in enumerate(pairs):
+            n = len(r) + 1  # the rationale's tokens and eos, predicted from the position before each
+            logp = torch.log_softmax(logits[b, -n - 1:-1].float(), dim=-1)
+            top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+            out.append((top.indices.cpu().numpy().astype(np.int32), top.values.cpu().numpy().astype(np.float32)))
         return out
 
 
@@ -307,7 +345,7 @@ def generate_rationales(
     teacher_id = meta["teacher_id"]
     cache_meta = {"teacher_id": teacher_id, "adapter_hash": meta["adapter_hash"], "base": meta["base"],
                   "prompt_version": PROMPT_VERSION, "gen_config_hash": gen_hash,
-                  "gen_config": {k: getattr(cfg, k) for k in GEN_KEYS}}
+                  "gen_config": _gen_config(cfg)}
     if state.is_main_process:
         cache.check_metadata(out_dir, cache_meta, cfg.force)
     state.wait_for_everyone()
@@ -329,7 +367,7 @@ def generate_rationales(
 
     backend = (VLLMBackend(model, tok, cfg, device, out_dir) if cfg.backend == "vllm"
                else HFBackend(model, tok, cfg, device))
-    writer = cache.ShardWriter(out_dir, state.process_index)
+    writer = cache.ShardWriter(out_dir, state.process_index, with_topk=cfg.topk > 0)
     started = time.time()
     with state.split_between_processes(units) as mine:
         n_rows = sum(len(idx) for _, idx in mine)
@@ -412,13 +450,15 @@ def _finish_units(pending, studies, built, backend, label_fn, cfg: StageConfig, 
     if missing:
         for j, emb in zip(missing, backend.embed([prompts[j] for j in missing], [outputs[j].ids for j in missing])):
             outputs[j] = outputs[j]._replace(embedding=emb)
+    topk = backend.token_topk(prompts, [g.text for g in outputs], cfg.topk) if cfg.topk else [None] * len(units)
     rows = []
-    for (prompt, idxs), (text, _, emb), good, n in zip(units, outputs, ok, tries):
+    for (prompt, idxs), (text, _, emb), good, n, top in zip(units, outputs, ok, tries, topk):
+        extra = {"topk_ids": top[0].tolist(), "topk_logprobs": top[1].tolist()} if top is not None else {}
         for i in idxs:
             rows.append({
                 "study_id": studies[i].study_id, "prompt": prompt, "rationale": text, "teacher_id": teacher_id,
                 "gen_config_hash": gen_hash, "embedding": emb.tolist(), "consistent": bool(good),
-                "tries": n, "truncated": built[i].truncated,
+                "tries": n, "truncated": built[i].truncated, **extra,
             })
     return rows
 

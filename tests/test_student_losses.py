@@ -111,3 +111,50 @@ def test_feature_kd_is_zero_for_a_batch_from_a_split_without_any_cached_rational
     total, terms = losses.student_loss(out, batch, losses.LossWeights(rep=0, kd=0, emb=1.0))
     assert terms["emb"].item() == 0.0 and terms["emb"].requires_grad
     assert total.item() == pytest.approx(losses.classification_bce(out["logits"], batch["targets"], batch["target_mask"]).item())
+
+
+def test_topk_kl_with_the_whole_vocabulary_is_the_exact_kl_divergence():
+    torch.manual_seed(2)
+    b, length, vocab = 2, 3, 6
+    student_logits, teacher_logits = torch.randn(b, length, vocab), torch.randn(b, length, vocab)
+    teacher_logp = torch.log_softmax(teacher_logits, -1)
+    top = teacher_logp.topk(vocab, dim=-1)
+    mask = torch.tensor([[True, True, False], [False, True, True]])
+    for t in (1.0, 2.0):
+        got = losses.topk_kl(student_logits, top.indices, top.values, mask, temperature=t)
+        p = torch.softmax(teacher_logits / t, -1)[mask]
+        want = torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, -1)[mask], p, reduction="batchmean") * t * t
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_topk_kl_renormalises_the_teacher_over_its_k_tokens_by_hand():
+    logits = torch.tensor([[[1.0, 0.0, -1.0, 2.0]]])  # one position, vocabulary of 4
+    ids = torch.tensor([[[3, 0, 9]]])  # id 9 is outside the student's vocabulary: weight 0
+    teacher_lp = torch.tensor([[[math.log(0.5), math.log(0.3), math.log(0.1)]]])
+    got = losses.topk_kl(logits, ids, teacher_lp, torch.tensor([[True]]))
+    z = sum(math.exp(v) for v in (1.0, 0.0, -1.0, 2.0))
+    logq = {3: 2.0 - math.log(z), 0: 1.0 - math.log(z)}
+    p = {3: 0.5 / 0.8, 0: 0.3 / 0.8}
+    want = sum(p[i] * (math.log(p[i]) - logq[i]) for i in p)
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    # no position with a teacher row: zero, graph kept
+    empty = losses.topk_kl(logits.requires_grad_(), ids, teacher_lp, torch.tensor([[False]]))
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_student_loss_tok_term_reads_the_topk_of_the_next_label_position():
+    torch.manual_seed(3)
+    b, length, vocab, k = 2, 5, 9, 3
+    out = {"logits": torch.randn(b, 14), "rationale_logits": torch.randn(b, length - 1, vocab)}
+    ids = torch.randint(0, vocab, (b, length, k))
+    lp = torch.log_softmax(torch.randn(b, length, k), -1)
+    mask = torch.tensor([[False, False, True, True, False], [False, True, True, True, True]])
+    batch = {"targets": torch.zeros(b, 14), "target_mask": torch.ones(b, 14), "rationale_topk_ids": ids,
+             "rationale_topk_logprobs": lp, "rationale_topk_mask": mask}
+    w = losses.LossWeights(rep=0, kd=0, emb=0, tok=0.5, tok_temperature=2.0)
+    total, terms = losses.student_loss(out, batch, w)
+    want = losses.topk_kl(out["rationale_logits"], ids[:, 1:], lp[:, 1:], mask[:, 1:], 2.0)
+    assert terms["tok"].item() == pytest.approx(want.item(), rel=1e-6)
+    assert total.item() == pytest.approx(terms["cls"].item() + 0.5 * want.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="tok"):
+        losses.LossWeights(tok=-1).validate()

@@ -12,7 +12,8 @@ from kdistill import config as cfglib
 from kdistill.errors import DataError
 from student import checkpoint as ckpt
 from student import train as train_mod
-from student.synthetic import TINY_MODEL, make_prepared, make_rationales, make_tokenizer
+from kdistill.config import ConfigError
+from student.synthetic import TINY_MODEL, add_topk, make_prepared, make_rationales, make_tokenizer
 from student.text import tokenizer_fingerprint
 from student.train import NonFiniteLoss, StageConfig, train
 
@@ -116,6 +117,40 @@ def test_explain_then_report_trains_on_the_rationale_layout_and_falls_back_witho
     # without rationale distillation nothing teaches the rationale: reports from the image alone
     train(_cfg(max_steps=2, model=model_cfg, loss={"kd": 0, "emb": 0}), tmp_path / "b", prep, tok, None)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["report_context"] == "none"
+
+
+def test_token_level_kd_aligns_the_teacher_topk_with_the_targets_and_trains(toy, tmp_path):
+    from student.data import Collate, StudyDataset, rationale_index
+    from student.text import TokenSpec
+
+    prep, tok, rat = toy
+    rat_k = add_topk(rat, tok, k=4)
+    as_written = {**TINY_MODEL, "rationale_order": "as_written"}
+    index, _ = rationale_index(rat_k, with_topk=True)
+    spec = TokenSpec(tok, "<report>", "<rationale>")
+    ds = StudyDataset(prep["train"], spec, index)
+    start = len(spec.prompts["rationale"])
+    for max_len in (48, start + 4):  # the second cuts every rationale after 3 tokens
+        batch = Collate(spec, (32, 32), max_len, True)([ds[i] for i in range(4)])
+        labels, mask = batch["rationale_labels"], batch["rationale_topk_mask"]
+        # the stand-in teacher's top-1 is the true next token: equal wherever the mask is set
+        assert (batch["rationale_topk_ids"][..., 0][mask] == labels[mask]).all()
+        assert mask[:, :start].sum() == 0
+        cut = torch.tensor([len(ds[i]["rationale_tokens"]) > max_len - start - 1 for i in range(4)])
+        assert cut.any() and (cut.all() or max_len == 48)
+        # an eos that ends a cut target is not what the teacher saw there: no KD on it
+        eos_kd = (mask & (labels == spec.eos_id)).any(1)
+        assert (eos_kd == ~cut).all()
+        assert int(mask.sum()) == int((labels != -100).sum()) - int(cut.sum())
+    metrics = train(_cfg(max_steps=6, lr=1e-2, model=as_written, loss={"kd": 0, "emb": 0, "tok": 1.0}), tmp_path / "a", prep, tok, rat_k)
+    assert metrics["steps"] == 6
+    log = _log(tmp_path / "a")
+    assert float(log[-1]["tok"]) < float(log[0]["tok"]) and all(r["kd"] == "" for r in log)
+    with pytest.raises(DataError, match="no teacher top-k"):
+        train(_cfg(max_steps=1, model=as_written, loss={"tok": 1.0}), tmp_path / "b", prep, tok, rat)
+    with pytest.raises(ConfigError, match="as_written"):
+        train(_cfg(max_steps=1, model={**TINY_MODEL, "rationale_order": "conclusion_first"}, loss={"tok": 1.0}),
+              tmp_path / "c", prep, tok, rat_k)
 
 
 @pytest.mark.parametrize("augmented", [False, True])

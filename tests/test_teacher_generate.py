@@ -146,6 +146,40 @@ def test_cache_schema_and_metadata(teacher_dir, tmp_path):
     assert meta["gen_config"]["max_new_tokens"] == 40
 
 
+def test_topk_columns_equal_a_teacher_forced_forward_over_the_student_tokens(teacher_dir, tmp_path):
+    k = 5
+    studies = toy_studies(4)
+    _run(studies, teacher_dir, tmp_path / "r", topk=k)
+    ds = cache.load_rationales(tmp_path / "r")
+    assert ds.features["topk_logprobs"].feature.feature.dtype == "float32"
+    model, tok, _ = load_teacher(teacher_dir, device=torch.device("cpu"))
+    for row in ds.to_list():
+        # the reference: one unpadded forward over [bos] prompt, the rationale re-encoded, eos
+        rationale = tok(row["rationale"], add_special_tokens=False)["input_ids"]
+        seq = [tok.bos_token_id] + tok.encode(row["prompt"], add_special_tokens=False) + rationale + [tok.eos_token_id]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+        want = logp[len(seq) - len(rationale) - 2:-1].topk(k, dim=-1)
+        ids, lp = np.asarray(row["topk_ids"]), np.asarray(row["topk_logprobs"])
+        assert ids.shape == lp.shape == (len(rationale) + 1, k)
+        np.testing.assert_allclose(lp, want.values.numpy(), atol=1e-4)
+        assert (ids[:, 0] == want.indices[:, 0].numpy()).mean() > 0.95  # ties aside, the same tokens
+        # row j is the distribution for token j: greedy decoding chose each token as the top-1
+        # (the first may differ: the generated one carries the space that strip() removed)
+        assert (ids[1:-1, 0] == np.asarray(rationale[1:])).mean() > 0.95
+    assert json.loads((tmp_path / "r" / "cache.json").read_text())["gen_config"]["topk"] == k
+
+
+def test_topk_is_off_by_default_and_leaves_old_hashes_alone(teacher_dir, tmp_path):
+    _run(toy_studies(2), teacher_dir, tmp_path / "r")
+    ds = cache.load_rationales(tmp_path / "r")
+    assert not set(cache.TOPK_COLUMNS) & set(ds.column_names)
+    old = gen.cfglib.config_hash({**{key: getattr(_cfg(), key) for key in gen.GEN_KEYS}, "prompt_version": gen.PROMPT_VERSION})
+    assert gen.gen_config_hash(_cfg()) == old != gen.gen_config_hash(_cfg(topk=4))
+    with pytest.raises(ValueError, match="topk"):
+        _cfg(topk=-1).validate()
+
+
 def test_changed_generation_config_is_refused_unless_forced(teacher_dir, tmp_path):
     studies = toy_studies(3)
     _run(studies, teacher_dir, tmp_path / "r")
