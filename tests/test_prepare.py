@@ -160,10 +160,6 @@ def test_stage_and_cli(tree, tmp_path, capsys):
         prep.main([str(tree), "--size", "4", "--out", str(tmp_path / "x")], prog="kdistill data prepare")
 
 
-PHANTOM_READY = Path("/work/brief/PHANTOM_READY")
-
-
-@pytest.mark.skipif(not PHANTOM_READY.exists(), reason="phantom generator not available yet")
 def test_phantom_tree_loads_checks_and_prepares(tmp_path):
     from kdistill.data.check import check_dataset
     from kdistill.data.mimic import load_studies
