@@ -294,7 +294,6 @@ class Collate:
                 batch["teacher_embedding"] = torch.from_numpy(np.stack([it["teacher_embedding"] for it in items]))
         return batch
 
-
     def _topk(self, items, labels: torch.Tensor, start: int) -> dict[str, torch.Tensor]:
         """The teacher's top-k in the rationale labels' coordinates: ``rationale_topk_ids`` /
         ``_logprobs`` (B, L, k) and ``rationale_topk_mask`` (B, L), true where the label is the
