@@ -36,6 +36,13 @@ studies, seed 7) used for choosing, never the test split or the held-out set, 2 
       decoder's memory, the text losses pull on the finding heads directly; without them the
       distilled student's micro-AUC rose from 0.891 to 0.897 (+ report 0.902 -> 0.899) and its
       F1 stayed ahead (0.478 vs 0.426).
+  model.text_grad_to_tower 0.25 (all three students): the text losses' gradient enters the tower
+      at a quarter of its size. Under Adam each tower weight's step is normalised by everything
+      it receives, so the rationale's CE took the finding heads' share: at 1.0 the distilled
+      student reached micro-AUC 0.900 / 0.894 (F1 0.478 / 0.478) and + report 0.891 / 0.907
+      (F1 0.391 / 0.461); at 0.25 the distilled one 0.894 / 0.905 (F1 0.508 / 0.527) and
+      + report 0.883 / 0.897 (F1 0.441 / 0.458), seeds 0 / 1. The baseline's own better setting
+      is 1.0; the benchmark's JSON from that setting is results/student_quality_text_grad_1.json.
 Tried on the choosing set and not kept (not in the code): the rationale's memory detached from the
 image side, and half the training reports written without their rationale context: neither
 recovered the ~0.01 micro-AUC the distilled student lost there, and both cost label F1. Neither

@@ -26,6 +26,12 @@ class StudentConfig:
     multimodal_layers: int = 2
     max_text_len: int = 96
     decoder_reads_findings: bool = True  # finding-query states in the decoder's memory
+    # Scale of the text losses' gradient where it enters the vision tower (the decoder's memory);
+    # the forward pass is unchanged. 1: the text objectives train the tower fully; 0: the tower
+    # learns from the finding heads only and the text objectives train the decoder (a locked
+    # tower, as in LiT). Under Adam the tower's update is normalised by the sum of every gradient
+    # it receives, so text gradients take the finding heads' share of the tower's update.
+    text_grad_to_tower: float = 1.0
     # Section order of the report the student writes. Impression first: the label-dense summary
     # survives when a long report is cut at max_text_len.
     report_order: Literal["impression_first", "findings_first"] = "impression_first"
@@ -72,5 +78,7 @@ class StudentConfig:
             raise ValueError(f"max_text_len must be at least 8, got {self.max_text_len}")
         if self.image_std <= 0:
             raise ValueError("image_std must be positive")
+        if not 0.0 <= self.text_grad_to_tower <= 1.0:
+            raise ValueError(f"text_grad_to_tower must be in [0, 1], got {self.text_grad_to_tower}")
         if self.report_context == "rationale" and self.report_context_tokens < 1:
             raise ValueError(f"report_context_tokens must be >= 1, got {self.report_context_tokens}")

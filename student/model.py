@@ -207,6 +207,26 @@ class ReportDecoder(nn.Module):
         return self.multimodal(memory, x)  # (B, L, width), final LayerNorm applied
 
 
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; the gradient flowing back through it is multiplied by ``scale``."""
+    if scale == 1.0 or not x.requires_grad:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return _ScaleGrad.apply(x, scale)
+
+
 def _init_multimodal(mm: nn.Module, width: int, layers: int) -> None:
     # open_clip's MultimodalTransformer.init_parameters reads a missing attribute (3.3); this is
     # the same scheme (CLIP's text-tower init) applied to its self- and cross-attention blocks.
@@ -288,7 +308,8 @@ class StudentModel(nn.Module):
         out = {"logits": logits, "maps": maps}
         if report_ids is None and rationale_ids is None:
             return out
-        memory = self.decoder.image_memory(tokens, states)
+        s = self.cfg.text_grad_to_tower
+        memory = self.decoder.image_memory(scale_grad(tokens, s), scale_grad(states, s))
         if report_ids is not None:
             out["report_logits"] = self.decoder.lm_head(self.decoder.hidden(memory, report_ids[:, :-1]))
         if rationale_ids is not None:

@@ -185,6 +185,44 @@ def test_prompt_embedding_pool_reads_the_image_and_not_the_rationale_tokens(toy)
         assert not torch.allclose(ea, ec, atol=1e-6), pool  # both depend on the image
 
 
+@pytest.mark.parametrize("reads_findings", [False, True])
+def test_text_grad_to_tower_scales_only_the_text_gradient_into_the_tower_and_heads(toy, reads_findings):
+    """Forward unchanged; a text loss's gradient in the tower (and the finding heads, when the
+    decoder reads them) is ``scale`` times the unscaled one, while the decoder's is untouched and
+    the classification loss's gradient is the same at every scale."""
+    _, tok = toy
+    spec = TokenSpec(tok, "<report>", "<rationale>")
+    rep = spec.batch("report", spec.encode(["FINDINGS: clear.", "IMPRESSION: edema"]), 32)
+    x = torch.rand(2, 1, 32, 32)
+    grads, outs = {}, {}
+    for scale in (1.0, 0.25, 0.0):
+        torch.manual_seed(0)
+        model = create_student(_cfg(text_grad_to_tower=scale, decoder_reads_findings=reads_findings), tok)
+        out = model(x, rep["ids"])
+        text = torch.nn.functional.cross_entropy(out["report_logits"].flatten(0, 1), rep["ids"][:, 1:].flatten())
+        cls = out["logits"].square().mean()
+        for name, loss in (("text", text), ("cls", cls)):
+            model.zero_grad()
+            loss.backward(retain_graph=True)
+            grads[scale, name] = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        outs[scale] = out["report_logits"].detach()
+    tower = [k for k in grads[1.0, "text"] if k.startswith("visual.")]
+    heads = [k for k in grads[1.0, "text"] if k.startswith("heads.")]
+    decoder = [k for k in grads[1.0, "text"] if k.startswith("decoder.")]
+    assert tower and decoder and bool(heads) is reads_findings
+    for scale in (0.25, 0.0):
+        assert torch.equal(outs[scale], outs[1.0])
+        for k in tower + heads:
+            got = grads[scale, "text"].get(k, torch.zeros_like(grads[1.0, "text"][k]))
+            assert torch.allclose(got, scale * grads[1.0, "text"][k], atol=1e-7), k
+        for k in decoder:
+            assert torch.allclose(grads[scale, "text"][k], grads[1.0, "text"][k], atol=1e-7), k
+        for k, g in grads[1.0, "cls"].items():
+            assert torch.equal(grads[scale, "cls"][k], g), k
+    with pytest.raises(cfglib.ConfigError, match="text_grad_to_tower"):
+        cfglib.from_dict(StudentConfig, {**TINY_MODEL, "text_grad_to_tower": 1.5})
+
+
 def test_report_prompt_after_a_rationale_has_a_fixed_width_and_labels_only_the_report(toy):
     _, tok = toy
     spec = TokenSpec(tok, "<report>", "<rationale>", context_tokens=6)
