@@ -207,24 +207,9 @@ class ReportDecoder(nn.Module):
         return self.multimodal(memory, x)  # (B, L, width), final LayerNorm applied
 
 
-class _ScaleGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad * ctx.scale, None
-
-
-def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Identity forward; the gradient flowing back through it is multiplied by ``scale``."""
-    if scale == 1.0 or not x.requires_grad:
-        return x
-    if scale == 0.0:
-        return x.detach()
-    return _ScaleGrad.apply(x, scale)
+def _scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Exactly ``x`` forward (``x - x.detach()`` is zero); the gradient back through it is ``scale`` times."""
+    return x if scale == 1.0 else x.detach() + scale * (x - x.detach())
 
 
 def _init_multimodal(mm: nn.Module, width: int, layers: int) -> None:
@@ -309,7 +294,7 @@ class StudentModel(nn.Module):
         if report_ids is None and rationale_ids is None:
             return out
         s = self.cfg.text_grad_to_tower
-        memory = self.decoder.image_memory(scale_grad(tokens, s), scale_grad(states, s))
+        memory = self.decoder.image_memory(_scale_grad(tokens, s), _scale_grad(states, s))
         if report_ids is not None:
             out["report_logits"] = self.decoder.lm_head(self.decoder.hidden(memory, report_ids[:, :-1]))
         if rationale_ids is not None:
