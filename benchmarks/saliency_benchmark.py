@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.saliency import SaliencyBenchConfig, saliency_benchmark, scalar_metrics  # noqa: E402
+from kdistill.io import write_text_atomic  # noqa: E402
 from kdistill.saliency import FusedAttribution, GradCAM, OcclusionAttribution, attribution_method  # noqa: E402
 
 SIZE = 32
@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"command": "benchmarks/saliency_benchmark.py" + (" --quick" if args.quick else ""),
                "seed": args.seed, "n_eval_images": int(len(pos)), "held_out_accuracy": accuracy,
                "train_seconds": train_s, "config": dataclasses.asdict(cfg), "methods": results}
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(payload, indent=2, default=float))
     print(f"wrote {out}")
     return 0
 

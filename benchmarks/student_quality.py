@@ -75,12 +75,12 @@ VARIANTS = {
 
 
 def _student_config(path: str | None, overrides: list[str]):
-    from student.train import StageConfig
+    from student.train import StudentTrainConfig
 
     section = None
     if path and "student" in (cfglib.read_yaml(path) or {}):
         section = "student"
-    return cfglib.load(StageConfig, path, overrides, section=section)
+    return cfglib.load(StudentTrainConfig, path, overrides, section=section)
 
 
 def _score(model_dir: Path, test, with_reports: bool, batch_size: int) -> dict[str, float]:
@@ -89,7 +89,7 @@ def _score(model_dir: Path, test, with_reports: bool, batch_size: int) -> dict[s
     from eval.label_f1 import label_f1
     from kdistill.labeler import label_reports
     from kdistill.labels import apply_policy
-    from student.text import report_text
+    from kdistill.data.sections import report_text
 
     model = student.load(model_dir)
     images = [np.asarray(a) for a in test.with_format("numpy")["image"]]

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     _warm_imports(teacher_dir)
     runs = []
     for batch_size in args.batch_size:
-        cfg = gen.StageConfig(batch_size=batch_size, max_new_tokens=args.max_new_tokens, max_retries=0,
+        cfg = gen.TeacherGenerateConfig(batch_size=batch_size, max_new_tokens=args.max_new_tokens, max_retries=0,
                               cpu=True, threads=args.threads)
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()

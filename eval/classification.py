@@ -24,9 +24,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from kdistill.labels import COMPETITION_INDICES, FINDINGS, NUM_FINDINGS, apply_policy
+from kdistill.scoring import binary_auc
 
 SINGLE_CLASS = "single class"
 ALL_SUBSETS = {"14": tuple(range(NUM_FINDINGS)), "5": tuple(COMPETITION_INDICES)}
@@ -36,22 +36,6 @@ def targets(labels: np.ndarray, uncertain: str = "ignore", blank: str = "zeros")
     """Raw report labels (1/0/-1/NaN) -> (binary targets, boolean mask of the entries that count)."""
     y, mask = apply_policy(np.asarray(labels, dtype=np.float32), uncertain=uncertain, blank=blank)  # type: ignore[arg-type]
     return y.astype(np.int8), mask.astype(bool)
-
-
-def binary_auc(y: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of one binary problem (ties count one half), the Mann-Whitney statistic.
-
-    Same value as ``sklearn.metrics.roc_auc_score``; NaN when ``y`` has a single class (callers
-    turn that into a named skip). Rank-based so the bootstrap stays fast.
-    """
-    y = np.asarray(y).astype(bool).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def _check(probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,35 +160,6 @@ def bootstrap_auc_ci(
         out[f"{key}_ci_high"] = float(high)
         out[f"{key}_ci_n"] = float(len(values))
     return out
-
-
-def choose_thresholds(
-    probs_val: np.ndarray, y_val: np.ndarray, mask_val: np.ndarray | None = None, default: float = 0.5
-) -> tuple[np.ndarray, list[str]]:
-    """Per-finding operating points maximising F1 on validation (predict positive when p >= t).
-
-    Candidates are the distinct validation scores; on equal F1 the higher threshold wins (fewer
-    false alarms). A finding without a counted positive keeps ``default``; its name is returned
-    in the second value so the caller can report it.
-    """
-    probs_val, y_val, mask_val = _check(probs_val, y_val, mask_val)
-    thresholds = np.full(NUM_FINDINGS, default, dtype=np.float64)
-    defaulted: list[str] = []
-    for j, finding in enumerate(FINDINGS):
-        p = probs_val[mask_val[:, j], j]
-        t = y_val[mask_val[:, j], j]
-        if not t.any():
-            defaulted.append(finding)
-            continue
-        order = np.argsort(-p, kind="stable")
-        p_sorted, t_sorted = p[order], t[order]
-        tp = np.cumsum(t_sorted)
-        fp = np.cumsum(~t_sorted)
-        last = np.r_[np.nonzero(np.diff(p_sorted))[0], p_sorted.size - 1]  # last index of each distinct score
-        f1 = 2 * tp[last] / (2 * tp[last] + fp[last] + (t.sum() - tp[last]))
-        best = int(np.flatnonzero(f1 == f1.max())[0])  # scores descend: first = highest threshold
-        thresholds[j] = p_sorted[last[best]]
-    return thresholds, defaulted
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:

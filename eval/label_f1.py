@@ -1,5 +1,5 @@
 """Clinical efficacy of generated reports: label F1 between the labels a report labeler assigns to
-the generated report and to the reference report, and rationale consistency.
+the generated report and to the reference report.
 
 Conventions (as the report-generation literature computes CheXbert F1, e.g. the ``f1chexbert``
 package): both generated and reference reports go through the *same* labeler; each of the 14
@@ -21,16 +21,15 @@ The metric name is the labeler's: ``chexbert_f1`` when the CheXbert checkpoint w
 ``chexpert_rules_f1`` for the project's rule-based labeler (see
 ``kdistill.labeler.chexbert.get_labeler``); the two are never mixed in one result.
 
-Rationale consistency: the labeler on a teacher/student rationale against the study's own labels.
-A finding is "mentioned" when its label is positive or uncertain (1 or -1); precision, recall and
-F1 are micro-averaged over the (n, 14) mentioned/not-mentioned matrices.
+Rationale consistency (a rationale against its study's labels) lives with the labeler:
+``kdistill.labeler.consistency``.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence, Union
 
 import numpy as np
-from sklearn.metrics import f1_score, precision_recall_fscore_support
+from sklearn.metrics import f1_score
 
 from kdistill.labels import COMPETITION_INDICES, FINDINGS, NUM_FINDINGS
 
@@ -104,26 +103,3 @@ def report_label_metrics(
         for key, value in label_f1(gen, ref, uncertain_positive=uncertain_positive).items():
             out[f"{metric_name}/{variant}{key}"] = value
     return out
-
-
-def rationale_consistency(
-    rationales: ReportsOrLabels, study_labels: np.ndarray, label_fn: LabelFn | None = None
-) -> dict[str, float]:
-    """Precision / recall / F1 of the findings a rationale mentions (1 or -1) against those the
-    study's labels mention (1 or -1), micro-averaged over studies and findings."""
-    said = np.isin(as_label_matrix(rationales, label_fn, "rationale"), (1.0, -1.0)).astype(np.int64)
-    truth = np.isin(as_label_matrix(np.asarray(study_labels, dtype=np.float64), None, "study labels"), (1.0, -1.0)).astype(np.int64)
-    if said.shape != truth.shape:
-        raise ValueError(f"rationale labels {said.shape} and study labels {truth.shape} differ in shape")
-    precision, recall, f1, _ = precision_recall_fscore_support(truth, said, average="micro", zero_division=0)
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
-
-
-def get_labeler(chexbert_checkpoint: str | None = None, chexbert_tokenizer: str | None = None) -> tuple[LabelFn, str]:
-    """The labeler and its metric name (``chexbert_f1`` or ``chexpert_rules_f1``), from kdistill.labeler."""
-    import kdistill.labeler as labeler  # lazy: the CheXbert path loads a BERT
-
-    choose = getattr(labeler, "get_labeler", None)
-    if choose is None:
-        from kdistill.labeler.chexbert import get_labeler as choose
-    return choose(chexbert_checkpoint=chexbert_checkpoint, chexbert_tokenizer=chexbert_tokenizer)

@@ -2,13 +2,12 @@
 and PNG plots (ROC curve per finding, reliability diagram), drawn with matplotlib's Agg backend."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from kdistill.config import write_text_atomic
+from kdistill.io import atomic_path, write_text_atomic
 from kdistill.labels import FINDINGS
 
 Metrics = Mapping[str, "float | str"]
@@ -80,9 +79,8 @@ def summary_markdown(metrics: Metrics, split: str, notes: Sequence[str] = ()) ->
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
 
 
 def plot_roc(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, path: Path) -> Path:

@@ -6,7 +6,6 @@ only when that subcommand runs, so ``kdistill label`` never pays for importing t
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 
 from kdistill.config import ConfigError
@@ -32,18 +31,10 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 
 def _usage() -> str:
     lines = ["usage: kdistill COMMAND [SUBCOMMAND] [options]", "", "commands:"]
-    for words, module, text in COMMANDS:
-        missing = "" if importlib.util.find_spec(module.split(".")[0]) and _exists(module) else "  [not implemented yet]"
-        lines.append(f"  {' '.join(words):<22}{text}{missing}")
+    for words, _, text in COMMANDS:
+        lines.append(f"  {' '.join(words):<22}{text}")
     lines += ["", "Run 'kdistill COMMAND --help' for a command's options."]
     return "\n".join(lines)
-
-
-def _exists(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     for words, module, _ in sorted(COMMANDS, key=lambda c: -len(c[0])):
         if tuple(argv[: len(words)]) == words:
             prog = "kdistill " + " ".join(words)
-            if not _exists(module):
-                print(f"{prog}: not implemented yet (its stage is still an open issue)", file=sys.stderr)
-                return 2
             setup_logging()
             try:
                 return int(importlib.import_module(module).main(argv[len(words):], prog=prog) or 0)

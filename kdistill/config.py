@@ -10,10 +10,14 @@ import hashlib
 import json
 import types
 import typing
+import warnings
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
+
+from kdistill.io import write_json, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported until callers move)
 
 T = TypeVar("T")
 
@@ -90,7 +94,7 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "<dict>", prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors naming
     the key and ``source`` (the file they came from)."""
-    data = dict(data or {})
+    data = _renamed_keys(cls, dict(data or {}), source, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -116,6 +120,25 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "<dict
         except ValueError as err:
             raise ConfigError(f"{source}: {prefix or cls.__name__}: {err}") from None
     return obj
+
+
+def _renamed_keys(cls: type, data: dict[str, Any], source: str, prefix: str) -> dict[str, Any]:
+    """Old knob names a config class still accepts for one release (its ``RENAMED`` class
+    attribute: old -> new, or old -> (new, {old value: new value})), with a warning naming the
+    new key."""
+    for old, spec in getattr(cls, "RENAMED", {}).items():
+        if old not in data:
+            continue
+        new, values = (spec, {}) if isinstance(spec, str) else spec
+        where = f"{prefix}." if prefix else ""
+        if new in data:
+            raise ConfigError(f"{source}: both '{where}{old}' and its new name '{where}{new}' are set; keep '{where}{new}'")
+        value = data.pop(old)
+        data[new] = values.get(value, value) if isinstance(value, Hashable) else value
+        warnings.warn(f"{source}: '{where}{old}' is deprecated, use '{where}{new}'"
+                      + (f" ({old}: {value!r} is {new}: {data[new]!r})" if values else "")
+                      + "; the old name is accepted until the next release", FutureWarning, stacklevel=4)
+    return data
 
 
 def to_dict(obj: Any) -> Any:
@@ -199,21 +222,5 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
 
 
 def save_json(obj: Any, path: str | Path) -> None:
-    write_text_atomic(path, json.dumps(to_dict(obj), indent=2, sort_keys=False) + "\n")
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write through a temp file and ``os.replace`` so a reader never sees half a file."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A config (or any dataclass / dict) as indented JSON, written atomically."""
+    write_json(path, to_dict(obj), indent=2)

@@ -1,7 +1,8 @@
 """``kdistill run CONFIG``: every stage of one YAML in order, into one run folder.
 
-A stage is a module with a config dataclass ``StageConfig`` and ``run_stage(cfg, ctx) -> dict``
-(the figures it wants in ``summary.json``). A finished stage leaves ``.stage.json`` in its
+A stage is a module with a config dataclass (named in ``STAGES``: ``StudentTrainConfig`` for the
+``student`` stage, ...) and ``run_stage(cfg, ctx) -> dict`` (the figures it wants in
+``summary.json``). A finished stage leaves ``.stage.json`` in its
 folder with a hash of its config and of every upstream stage's hash; a rerun with the same
 hash is skipped, a changed upstream reruns everything after it.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import importlib.util
 import json
 import logging
 import time
@@ -27,21 +27,24 @@ log = logging.getLogger("kdistill.run")
 class Stage:
     name: str  # also the config section
     module: str
+    config: str  # the module's config dataclass
     folder: str  # relative to the run folder
     needs: tuple[str, ...] = ()
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "kdistill.data.stage", "data"),
-    Stage("prepare", "kdistill.data.prepare", "prepared", ("data",)),
-    Stage("teacher_pretrain", "teacher.pretrain", "teacher/base", ("data",)),
-    Stage("teacher_train", "teacher.train", "teacher", ("teacher_pretrain",)),
-    Stage("teacher_generate", "teacher.generate", "rationales", ("data", "teacher_train")),
-    Stage("student", "student.train", "student", ("prepared_or_data", "teacher_generate")),
-    Stage("eval", "eval.run", "eval", ("student",)),
-    Stage("explain", "student.explain", "explain", ("student",)),
+    Stage("data", "kdistill.data.stage", "DataConfig", "data"),
+    Stage("prepare", "kdistill.data.prepare", "PrepareConfig", "prepared", ("data",)),
+    Stage("teacher_pretrain", "teacher.pretrain", "TeacherPretrainConfig", "teacher/base", ("data",)),
+    Stage("teacher_train", "teacher.train", "TeacherTrainConfig", "teacher", ("teacher_pretrain",)),
+    Stage("teacher_generate", "teacher.generate", "TeacherGenerateConfig", "rationales", ("data", "teacher_train")),
+    Stage("student", "student.train", "StudentTrainConfig", "student", ("prepared_or_data", "teacher_generate")),
+    Stage("eval", "eval.run", "EvalConfig", "eval", ("student",)),
+    Stage("explain", "student.explain", "ExplainConfig", "explain", ("student",)),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+# Stages that read report text: skipped on a source without reports (CheXpert, NIH).
+TEXT_STAGES = ("teacher_pretrain", "teacher_train", "teacher_generate")
 MARKER = ".stage.json"
 
 
@@ -82,6 +85,14 @@ class RunContext:
         """The dataset root: the phantom written by the data stage, or the user's own."""
         return Path(self.outputs.get("data", {}).get("root", self.stage_dir("data")))
 
+    @property
+    def data(self):
+        """The run's dataset as a ``kdistill.data.sources.DataSource``: every stage loads its
+        studies through it."""
+        from kdistill.data.sources import open_source
+
+        return open_source(self.outputs.get("data", {}).get("source", "mimic"), self.data_root)
+
 
 def _by_name(name: str) -> Stage:
     for stage in STAGES:
@@ -90,25 +101,22 @@ def _by_name(name: str) -> Stage:
     raise KeyError(name)
 
 
-def implemented(stage: Stage) -> bool:
-    try:
-        return importlib.util.find_spec(stage.module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Load and fully validate a run config: the top level and every implemented stage's section."""
+    """Load and fully validate a run config: the top level and every stage's section."""
     run_cfg = cfglib.load(RunConfig, path, overrides)
     for stage in STAGES:
-        if implemented(stage):
-            stage_config(stage, run_cfg, source=str(path))
+        stage_config(stage, run_cfg, source=str(path))
     return run_cfg
 
 
 def stage_config(stage: Stage, run_cfg: RunConfig, source: str) -> Any:
     module = importlib.import_module(stage.module)
-    return cfglib.from_dict(module.StageConfig, getattr(run_cfg, stage.name), source=source, prefix=stage.name)
+    return cfglib.from_dict(getattr(module, stage.config), getattr(run_cfg, stage.name), source=source,
+                            prefix=stage.name)
+
+
+UP_TO_DATE = "skipped (up to date)"
+NO_TEXT = "skipped: the data source has no report text"
 
 
 def run(run_cfg: RunConfig, run_dir: Path, source: str = "<config>", force: bool = False) -> dict[str, Any]:
@@ -121,53 +129,54 @@ def run(run_cfg: RunConfig, run_dir: Path, source: str = "<config>", force: bool
     status: dict[str, str] = {}
     started = time.time()
     for stage in STAGES:
-        if stage.name not in wanted:
-            status[stage.name] = "not selected"
-            continue
-        if not implemented(stage):
-            status[stage.name] = "not implemented yet"
-            log.warning("stage %s: not implemented yet (module %s missing)", stage.name, stage.module)
-            continue
-        needs = [n for n in _needs(stage) if n in wanted]
-        blocked = [n for n in needs if status.get(n) not in ("done", "skipped (up to date)")]
-        if blocked:
-            status[stage.name] = f"not run: needs {', '.join(blocked)}"
-            log.warning("stage %s: not run, it needs %s", stage.name, ", ".join(blocked))
-            continue
-        cfg = stage_config(stage, run_cfg, source)
-        digest = cfglib.config_hash({"stage": cfglib.to_dict(cfg), "seed": run_cfg.seed,
-                                     "upstream": {n: hashes.get(n) for n in needs}})
-        hashes[stage.name] = digest
-        out = ctx.stage_dir(stage.name)
-        marker = out / MARKER
-        previous = json.loads(marker.read_text()) if marker.is_file() else {}
-        if not force and previous.get("hash") == digest and previous.get("state", "done") == "done":
-            ctx.outputs[stage.name] = previous.get("summary", {})
-            status[stage.name] = "skipped (up to date)"
-            log.info("stage %s: up to date, skipped", stage.name)
-            continue
-        if previous and (force or previous.get("hash") != digest):
-            # Outputs of another config are stale: a stage must not resume from them. An
-            # interrupted run of the same config (state "running") keeps its partial outputs.
-            _clear_stage_folder(out, run_dir)
-            log.info("stage %s: config changed, cleared %s", stage.name, out)
-        log.info("stage %s: running -> %s", stage.name, out)
-        out.mkdir(parents=True, exist_ok=True)
-        cfglib.write_text_atomic(marker, json.dumps({"stage": stage.name, "hash": digest, "state": "running"}))
-        t0 = time.time()
-        summary = importlib.import_module(stage.module).run_stage(cfg, ctx) or {}
-        summary = {**summary, "wall_s": round(time.time() - t0, 1)}
-        ctx.outputs[stage.name] = summary
-        cfglib.write_text_atomic(marker, json.dumps({"stage": stage.name, "hash": digest, "state": "done",
-                                                     "summary": summary}, indent=2, default=str))
-        status[stage.name] = "done"
-        log.info("stage %s: done in %.1fs", stage.name, summary["wall_s"])
+        status[stage.name] = _run_stage(stage, run_cfg, ctx, wanted, status, hashes, source, force)
     result = {"name": run_cfg.name, "stages": status, "outputs": ctx.outputs, "wall_s": round(time.time() - started, 1)}
     cfglib.write_text_atomic(run_dir / "summary.json", json.dumps(result, indent=2, default=str) + "\n")
-    missing = [n for n, s in status.items() if s == "not implemented yet"]
-    if missing:
-        log.warning("stages not implemented yet: %s", ", ".join(missing))
     return result
+
+
+def _run_stage(stage: Stage, run_cfg: RunConfig, ctx: RunContext, wanted: list[str], status: dict[str, str],
+               hashes: dict[str, str], source: str, force: bool) -> str:
+    """Run one stage, or say why not; returns its status. A stage whose config and upstream are
+    unchanged since it finished is skipped; one that needs report text is skipped, by name, on a
+    source without reports (the stages after it run without its outputs)."""
+    if stage.name not in wanted:
+        return "not selected"
+    if stage.name in TEXT_STAGES and not ctx.outputs.get("data", {}).get("has_reports", True):
+        log.info("stage %s: %s", stage.name, NO_TEXT)
+        return NO_TEXT
+    needs = [n for n in _needs(stage) if n in wanted and status.get(n) != NO_TEXT]
+    blocked = [n for n in needs if status.get(n) not in ("done", UP_TO_DATE)]
+    if blocked:
+        log.warning("stage %s: not run, it needs %s", stage.name, ", ".join(blocked))
+        return f"not run: needs {', '.join(blocked)}"
+    cfg = stage_config(stage, run_cfg, source)
+    digest = cfglib.config_hash({"stage": cfglib.to_dict(cfg), "seed": run_cfg.seed,
+                                 "upstream": {n: hashes.get(n) for n in needs}})
+    hashes[stage.name] = digest
+    out = ctx.stage_dir(stage.name)
+    marker = out / MARKER
+    previous = json.loads(marker.read_text()) if marker.is_file() else {}
+    if not force and previous.get("hash") == digest and previous.get("state", "done") == "done":
+        ctx.outputs[stage.name] = previous.get("summary", {})
+        log.info("stage %s: up to date, skipped", stage.name)
+        return UP_TO_DATE
+    if previous and (force or previous.get("hash") != digest):
+        # Outputs of another config are stale: a stage must not resume from them. An
+        # interrupted run of the same config (state "running") keeps its partial outputs.
+        _clear_stage_folder(out, ctx.run_dir)
+        log.info("stage %s: config changed, cleared %s", stage.name, out)
+    log.info("stage %s: running -> %s", stage.name, out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfglib.write_text_atomic(marker, json.dumps({"stage": stage.name, "hash": digest, "state": "running"}))
+    t0 = time.time()
+    summary = importlib.import_module(stage.module).run_stage(cfg, ctx) or {}
+    summary = {**summary, "wall_s": round(time.time() - t0, 1)}
+    ctx.outputs[stage.name] = summary
+    cfglib.write_text_atomic(marker, json.dumps({"stage": stage.name, "hash": digest, "state": "done",
+                                                 "summary": summary}, indent=2, default=str))
+    log.info("stage %s: done in %.1fs", stage.name, summary["wall_s"])
+    return "done"
 
 
 def _clear_stage_folder(out: Path, run_dir: Path) -> None:

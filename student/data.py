@@ -16,52 +16,26 @@ import torch.nn.functional as F
 
 from kdistill.errors import DataError
 from kdistill.labels import apply_policy
-from student.text import TokenSpec, rationale_text, report_text, tokenizer_fingerprint
+from kdistill.data.prepare import read_batch
+from kdistill.data.sections import report_text
+from student.text import TokenSpec, rationale_text
+from teacher.cache import TOPK_COLUMNS, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
-RATIONALE_COLUMNS = ("study_id", "rationale", "embedding")
-TOPK_COLUMNS = ("topk_ids", "topk_logprobs")  # teacher.cache.TOPK_COLUMNS, when generated with topk > 0
 PREPARED_COLUMNS = ("study_id", "image", "labels", "findings", "impression")
 # Up to this many bytes of images are held in memory as one array (the demo: ~10 MB); a larger
 # split is read row by row from the Arrow cache.
 IN_MEMORY_BYTES = 1 << 30
 
 
-# ----------------------------------------------------------------------------- loading
-
-def load_prepared_cache(path: str | Path):
-    """The prepared cache (kdistill.data.prepare) as a DatasetDict."""
-    from kdistill.data.prepare import load_prepared
-
-    return load_prepared(path)
-
-
-def load_rationale_cache(path: str | Path):
-    """``<rationales>/dataset`` (or the dataset folder itself) -> datasets.Dataset, schema checked."""
-    import datasets
-
-    path = Path(path)
-    folder = path / "dataset" if (path / "dataset").is_dir() else path
-    if not folder.is_dir():
-        raise DataError(folder, "rationale cache not found (run `kdistill teacher generate`)")
-    try:
-        ds = datasets.load_from_disk(str(folder))
-    except Exception as err:  # datasets raises several types for a folder that is not a dataset
-        raise DataError(folder, f"not a datasets folder: {err}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        raise DataError(folder, "expected one Dataset of rationales, found a DatasetDict")
-    missing = [c for c in RATIONALE_COLUMNS if c not in ds.column_names]
-    if missing:
-        raise DataError(folder, f"rationale cache lacks column(s) {missing}; has {ds.column_names}")
-    return ds
-
+# ----------------------------------------------------------------------------- rationales
 
 def check_rationale_tokenizer(cache_path: str | Path | None, tokenizer_dir: str | Path | None, tokenizer, cache) -> str:
     """Refuse a rationale cache made by another teacher / tokenizer. Returns how it was verified.
 
     Two checks, each used when its facts exist: the tokenizer hash in the cache's metadata JSON
-    (``tokenizer_hash``, as ``student.text.tokenizer_fingerprint``) against this tokenizer, and the
+    (``tokenizer_hash``, as ``teacher.cache.tokenizer_fingerprint``) against this tokenizer, and the
     cache rows' ``teacher_id`` against ``teacher.json`` of the tokenizer's teacher folder.
     """
     checks = []
@@ -188,15 +162,13 @@ class StudyDataset(torch.utils.data.Dataset):
                 for i, e in zip(present, embs):
                     if e is not None:
                         self.teacher_embedding[i] = e
-        self._images_arrow = split.select_columns(["image"]).with_format("numpy")
+        self._split = split
         self._images = None
         first = self.image(0) if len(self) else np.zeros((1, 1), np.uint8)
         if first.size * first.itemsize * len(self) <= IN_MEMORY_BYTES:
-            # read in chunks: the numpy format widens uint8 to int64 on the way
             self._images = []
             for start in range(0, len(self), 256):
-                chunk = self._images_arrow[start:start + 256]["image"]
-                self._images += [_pixels(a) for a in chunk]
+                self._images += list(read_batch(split, slice(start, start + 256), ["image"])["image"])
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -213,7 +185,8 @@ class StudyDataset(torch.utils.data.Dataset):
         return sum(1 for a in self._images if tuple(a.shape[-2:]) != tuple(size))
 
     def image(self, i: int) -> np.ndarray:
-        return self._images[i] if self._images is not None else _pixels(self._images_arrow[i]["image"])
+        """Study ``i``'s image in its stored dtype (uint8 for the prepared cache)."""
+        return self._images[i] if self._images is not None else read_batch(self._split, [i], ["image"])["image"][0]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {
@@ -248,14 +221,6 @@ def to_float_images(images: Sequence[np.ndarray | torch.Tensor], size: tuple[int
             resized += 1
         out.append(t)
     return torch.stack(out).unsqueeze(1), resized
-
-
-def _pixels(a) -> np.ndarray:
-    """A stored image as uint8 (integer images are 0-255) or float32 in [0, 1]."""
-    a = np.asarray(a)
-    if a.dtype == np.uint8 or a.dtype.kind == "f":
-        return a if a.dtype != np.float64 else a.astype(np.float32)
-    return a.astype(np.uint8)
 
 
 class Collate:

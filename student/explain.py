@@ -16,14 +16,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kdistill.config import write_text_atomic
+from kdistill.data.images import to_unit_float
+from kdistill.io import atomic_path, write_text_atomic
 from kdistill.labels import FINDINGS
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class StageConfig:
+class ExplainConfig:
     split: str = "test"
     max_studies: int = 16
     batch_size: int = 8
@@ -44,16 +45,15 @@ def _overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.45) -> np
 def _save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(array).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp)
 
 
 def explain_batch(model: Any, images: np.ndarray, study_ids: Sequence[str], out_dir: Path,
                   maps_per_study: int = 3, references: Sequence[str] | None = None) -> list[dict]:
     """Explain ``images`` (B,H,W) uint8 or float in [0,1]; writes ``out_dir/<study_id>/``."""
     result = model.predict(images)
-    pixels = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+    pixels = to_unit_float(images)
     records = []
     for i, study_id in enumerate(study_ids):
         folder = out_dir / _safe_name(study_id)
@@ -121,25 +121,25 @@ def write_index(records: list[dict], out_dir: Path) -> Path:
     return path
 
 
-def explain_prepared(checkpoint: Path, prepared: Path, out_dir: Path, cfg: StageConfig) -> dict:
-    from kdistill.data.prepare import load_prepared
+def explain_prepared(checkpoint: Path, prepared: Path, out_dir: Path, cfg: ExplainConfig) -> dict:
+    from kdistill.data.prepare import load_prepared, read_batch
+    from kdistill.data.sections import report_text
 
     import student
 
     model = student.load(checkpoint)
     split = load_prepared(prepared)[cfg.split]
-    rows = split.select(range(min(cfg.max_studies, len(split)))).with_format("numpy")
+    n = min(cfg.max_studies, len(split))
     records = []
-    for start in range(0, len(rows), cfg.batch_size):
-        batch = rows[start : start + cfg.batch_size]
-        refs = [" ".join(p for p in (f, i) if p) for f, i in zip(batch["findings"], batch["impression"])]
-        records += explain_batch(model, np.stack(batch["image"]), list(batch["study_id"]), out_dir,
-                                 cfg.maps_per_study, refs)
+    for start in range(0, n, cfg.batch_size):
+        batch = read_batch(split, slice(start, min(start + cfg.batch_size, n)), ["study_id", "image", "findings", "impression"])
+        refs = [report_text(f, i, headers=False) for f, i in zip(batch["findings"], batch["impression"])]
+        records += explain_batch(model, batch["image"], list(batch["study_id"]), out_dir, cfg.maps_per_study, refs)
     index = write_index(records, out_dir)
     return {"index": str(index), "n_studies": len(records)}
 
 
-def explain_files(checkpoint: Path, paths: Sequence[Path], out_dir: Path, cfg: StageConfig) -> dict:
+def explain_files(checkpoint: Path, paths: Sequence[Path], out_dir: Path, cfg: ExplainConfig) -> dict:
     from kdistill.data.images import read_image, resize
 
     import student
@@ -154,21 +154,26 @@ def explain_files(checkpoint: Path, paths: Sequence[Path], out_dir: Path, cfg: S
     return {"index": str(index), "n_studies": len(records)}
 
 
-def run_stage(cfg: StageConfig, ctx) -> dict:
+def run_stage(cfg: ExplainConfig, ctx) -> dict:
     return explain_prepared(ctx.stage_dir("student"), ctx.stage_dir("prepare"), ctx.stage_dir("explain"), cfg)
 
 
 def main(argv: list[str] | None = None, prog: str = "kdistill explain") -> int:
+    from kdistill.command import add_config_arguments, stage_config
+
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="student checkpoint folder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, nargs="+", help="image files (JPEG/PNG/DICOM)")
     source.add_argument("--prepared", type=Path, help="a prepared cache (kdistill data prepare)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--max-studies", type=int, default=16)
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    cfg = StageConfig(split=args.split, max_studies=args.max_studies)
+    parser.add_argument("--split", help="deprecated: split=NAME")
+    parser.add_argument("--max-studies", type=int, help="deprecated: max_studies=N")
+    add_config_arguments(parser, "explain", example="split=validate max_studies=50")
+    args = parser.parse_intermixed_args(argv)
+    legacy = {"--split": "split", "--max-studies": "max_studies"}
+    cfg = stage_config(ExplainConfig, args, "explain", flags={"split": args.split, "max_studies": args.max_studies},
+                       deprecated=legacy)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.images:
         summary = explain_files(args.checkpoint, args.images, args.out, cfg)

@@ -7,8 +7,6 @@ carry label -100.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Sequence
 
 import torch
@@ -97,34 +95,6 @@ class TokenSpec:
 
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """Short hash of a tokenizer's vocabulary and special tokens: equal hashes tokenise alike.
-
-    The rationale cache records it (``tokenizer_hash`` in its metadata JSON) so a student never
-    trains on a cache made for another vocabulary.
-    """
-    blob = json.dumps(
-        {"vocab": sorted(tokenizer.get_vocab().items()), "special": sorted(map(str, tokenizer.all_special_tokens))},
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def report_text(findings: str, impression: str, order: str = "findings_first") -> str:
-    """The report the student learns to write: the FINDINGS and IMPRESSION sections eval labels,
-    in ``order`` ("findings_first" as in MIMIC, or "impression_first")."""
-    parts = []
-    if findings and findings.strip():
-        parts.append(f"FINDINGS: {findings.strip()}")
-    if impression and impression.strip():
-        parts.append(f"IMPRESSION: {impression.strip()}")
-    if order == "impression_first":
-        parts.reverse()
-    elif order != "findings_first":
-        raise ValueError(f"unknown report order {order!r}")
-    return "\n".join(parts)
 
 
 def rationale_text(rationale: str, order: str = "as_written", marker: str = "Conclusion:") -> str:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from kdistill import config as cfglib
 from kdistill.errors import DataError
+from kdistill.io import atomic_dir, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +32,9 @@ EXTRA_COLUMNS = ("tries", "truncated")
 # of the rationale as the student tokenises it, then eos (row j: the distribution for token j),
 # for the student's token-level KD. Absent otherwise.
 TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
+# What the student reads of a row (the rest is provenance): its text, its teacher embedding and,
+# when present, ``consistent`` and the top-k columns.
+STUDENT_COLUMNS = ("study_id", "rationale", "embedding")
 META_FILE = "cache.json"
 # What must match between a cache and the current run (the rest of cache.json is information).
 META_KEYS = ("teacher_id", "adapter_hash", "prompt_version", "gen_config_hash")
@@ -128,14 +130,8 @@ class ShardWriter:
             return None
         table = pa.Table.from_pylist(list(rows), schema=_arrow_schema(self.with_topk))
         path = self.dir / f"r{self.rank:03d}-{self.next:06d}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".shard.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            pq.write_table(table, str(tmp))
         self.next += 1
         self.written += len(rows)
         return path
@@ -190,30 +186,40 @@ def merge(out_dir: Path, order: Sequence[str]) -> tuple[Any, dict[str, int]]:
 
 
 def _save_dataset_atomic(dataset, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(path) as tmp:
+        dataset.save_to_disk(str(tmp))
 
 
-def load_rationales(path: str | Path):
+def load_rationales(path: str | Path, columns: Sequence[str] = COLUMNS):
     """The rationale cache as a ``datasets.Dataset`` (``path`` = the rationale folder or its
-    ``dataset/``). For the student: one row per study, schema ``COLUMNS``."""
-    from datasets import load_from_disk
+    ``dataset/``), with at least ``columns`` (the student reads ``STUDENT_COLUMNS``)."""
+    import datasets
 
     path = Path(path)
-    if (path / "dataset").is_dir():
-        path = path / "dataset"
-    if not path.is_dir():
-        raise DataError(path, "rationale cache not found (run `kdistill teacher generate`)")
-    dataset = load_from_disk(str(path))
-    missing = [c for c in COLUMNS if c not in dataset.column_names]
+    folder = path / "dataset" if (path / "dataset").is_dir() else path
+    if not folder.is_dir():
+        raise DataError(folder, "rationale cache not found (run `kdistill teacher generate`)")
+    try:
+        dataset = datasets.load_from_disk(str(folder))
+    except Exception as err:  # datasets raises several types for a folder that is not a dataset
+        raise DataError(folder, f"not a datasets folder ({type(err).__name__}: {err})") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        raise DataError(folder, "expected one Dataset of rationales, found a DatasetDict")
+    missing = [c for c in columns if c not in dataset.column_names]
     if missing:
-        raise DataError(path, f"not a rationale cache: missing columns {missing}")
+        raise DataError(folder, f"not a rationale cache: missing column(s) {missing}; has {dataset.column_names}")
     return dataset
 
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Short hash of a tokenizer's vocabulary and special tokens: equal hashes tokenise alike.
+
+    ``cache.json`` records it (``tokenizer_hash``) so a student never trains on a cache made for
+    another vocabulary."""
+    import hashlib
+
+    blob = json.dumps(
+        {"vocab": sorted(tokenizer.get_vocab().items()), "special": sorted(map(str, tokenizer.all_special_tokens))},
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

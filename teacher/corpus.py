@@ -116,20 +116,21 @@ def report_bank(studies: Sequence[Any]) -> dict[frozenset, list[str]]:
     return bank
 
 
-def load_report_bank(data_root: str | Path | None) -> dict[frozenset, list[str]]:
-    """``report_bank`` of a dataset root's train split; {} (pseudo reports only) when there is no
-    root or no loadable studies."""
+def load_report_bank(data) -> dict[frozenset, list[str]]:
+    """``report_bank`` of a dataset's train split (``data``: a ``kdistill.data.sources.DataSource``);
+    {} (pseudo reports only) when there is no dataset, it has no reports, or nothing loads."""
     import logging
 
-    if data_root is None:
+    if data is None:
+        return {}
+    if not data.has_reports:
+        logging.getLogger(__name__).info("source %s has no reports: teacher prompts use pseudo reports", data.name)
         return {}
     try:
-        from kdistill.data.mimic import load_studies
-
-        studies = load_studies(data_root, splits=["train"], on_error="skip")
+        studies = data.load_studies(splits=["train"], on_error="skip")
     except Exception as err:  # the teacher can still learn from pseudo reports; say why
         logging.getLogger(__name__).warning("no train-split reports from %s for teacher prompts (%s); "
-                                            "using pseudo reports only", data_root, err)
+                                            "using pseudo reports only", data.root, err)
         return {}
     bank = report_bank(studies)
     logging.getLogger(__name__).info("report bank: %d train reports over %d finding sets",
@@ -188,7 +189,7 @@ def drop_inconsistent(docs: list[dict[str, Any]], label_fn, corpus_path: str | P
                 break
     if dropped is None:
         from kdistill.labels import FINDING_INDEX
-        from teacher.consistency import is_consistent
+        from kdistill.labeler.consistency import is_consistent
 
         idx = [i for i, d in enumerate(docs) if d.get("kind") == "rationale"]
         labels = label_fn([docs[i]["text"] for i in idx]) if idx else []

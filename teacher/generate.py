@@ -21,7 +21,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, ClassVar, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -29,8 +29,9 @@ import torch
 from kdistill import config as cfglib
 from kdistill.config import ConfigError
 from kdistill.errors import DataError
+from kdistill.training import set_num_threads
 from teacher import cache
-from teacher.consistency import LabelFn, default_label_fn, is_consistent
+from kdistill.labeler.consistency import LabelFn, default_label_fn, is_consistent
 from teacher.modeling import load_teacher
 from teacher.prompts import PROMPT_VERSION, prompt_for_study
 
@@ -43,7 +44,7 @@ GEN_KEYS = ("backend", "max_new_tokens", "context", "do_sample", "temperature", 
 
 
 @dataclasses.dataclass
-class StageConfig:
+class TeacherGenerateConfig:
     teacher: str | None = None  # teacher folder; default: the teacher_train stage's output
     data_root: str | None = None  # default: the run's dataset root
     splits: list[str] = dataclasses.field(default_factory=lambda: ["train", "validate"])
@@ -59,7 +60,7 @@ class StageConfig:
     retry_temperature: float = 0.7
     dtype: str = "float32"
     cpu: bool = False
-    threads: int = 0
+    num_threads: int = 0
     on_error: Literal["raise", "skip"] = "raise"  # bad studies when loading the dataset
     limit: int = 0  # 0: every study; N: the first N (quick runs)
     seed: int = 0
@@ -69,6 +70,8 @@ class StageConfig:
     topk: int = 0
     force: bool = False  # discard a cache made with another teacher / config
 
+    RENAMED: ClassVar[dict] = {"threads": "num_threads"}
+
     def validate(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_beams < 1 or self.max_retries < 0:
             raise ValueError("batch_size, max_new_tokens, num_beams >= 1 and max_retries >= 0 are required")
@@ -76,12 +79,12 @@ class StageConfig:
             raise ValueError(f"topk must be >= 0, got {self.topk}")
 
 
-def _gen_config(cfg: StageConfig) -> dict[str, Any]:
+def _gen_config(cfg: TeacherGenerateConfig) -> dict[str, Any]:
     # topk joins only when set, so caches made before it existed keep their hash
     return {**{k: getattr(cfg, k) for k in GEN_KEYS}, **({"topk": cfg.topk} if cfg.topk else {})}
 
 
-def gen_config_hash(cfg: StageConfig) -> str:
+def gen_config_hash(cfg: TeacherGenerateConfig) -> str:
     return cfglib.config_hash({**_gen_config(cfg), "prompt_version": PROMPT_VERSION})
 
 
@@ -102,7 +105,7 @@ class HFBackend:
     ``model.generate`` on left-padded batches. A CUDA out-of-memory halves the batch and goes on.
     """
 
-    def __init__(self, model, tok, cfg: StageConfig, device):
+    def __init__(self, model, tok, cfg: TeacherGenerateConfig, device):
         from teacher import decode
 
         self.model, self.tok, self.cfg, self.device = model, tok, cfg, device
@@ -272,7 +275,7 @@ class VLLMBackend(HFBackend):
     """Decoding with vLLM (the merged teacher saved once to ``<out>/.merged``); embeddings
     still come from the transformers model."""
 
-    def __init__(self, model, tok, cfg: StageConfig, device, out_dir: Path):
+    def __init__(self, model, tok, cfg: TeacherGenerateConfig, device, out_dir: Path):
         super().__init__(model, tok, cfg, device)
         import vllm
 
@@ -308,7 +311,7 @@ def generate_rationales(
     studies: Sequence[Any],
     teacher_dir: str | Path,
     out_dir: str | Path,
-    cfg: StageConfig,
+    cfg: TeacherGenerateConfig,
     label_fn: LabelFn | None = None,
 ) -> dict[str, Any]:
     """Rationales for ``studies`` (``Study`` objects) into the cache at ``out_dir``; returns the
@@ -322,8 +325,7 @@ def generate_rationales(
     if cfg.backend == "vllm":
         require_vllm()
     label_fn = label_fn or default_label_fn()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_num_threads(cfg.num_threads)
     state = PartialState(cpu=cfg.cpu)
     device = torch.device("cpu") if cfg.cpu else state.device
     model, tok, meta = load_teacher(teacher_dir, device=device, dtype=cfg.dtype)
@@ -345,7 +347,7 @@ def generate_rationales(
     teacher_id = meta["teacher_id"]
     cache_meta = {"teacher_id": teacher_id, "adapter_hash": meta["adapter_hash"], "base": meta["base"],
                   "prompt_version": PROMPT_VERSION, "gen_config_hash": gen_hash,
-                  "gen_config": _gen_config(cfg)}
+                  "gen_config": _gen_config(cfg), "tokenizer_hash": cache.tokenizer_fingerprint(tok)}
     if state.is_main_process:
         cache.check_metadata(out_dir, cache_meta, cfg.force)
     state.wait_for_everyone()
@@ -420,12 +422,12 @@ def generate_rationales(
     return summary
 
 
-def _row_seed(cfg: StageConfig, prompt: str, attempt: int) -> int:
+def _row_seed(cfg: TeacherGenerateConfig, prompt: str, attempt: int) -> int:
     """A prompt's sampling seed: hangs on its text, not its position, so a resumed run samples alike."""
     return cfg.seed + int(hashlib.sha256(prompt.encode()).hexdigest()[:7], 16) + 7919 * attempt
 
 
-def _finish_units(pending, studies, built, backend, label_fn, cfg: StageConfig, teacher_id: str,
+def _finish_units(pending, studies, built, backend, label_fn, cfg: TeacherGenerateConfig, teacher_id: str,
                   gen_hash: str) -> list[dict[str, Any]]:
     """Rows for decoded units ((prompt, study indices), output): check, regenerate the
     inconsistent ones with sampling, embed where decoding did not."""
@@ -484,45 +486,49 @@ def _round_robin_order(items: list, n: int) -> list:
 
 # --- entry points -----------------------------------------------------------------------------
 
-def load_study_list(root: str | Path, splits: Sequence[str], on_error: str = "raise", limit: int = 0) -> list:
-    try:
-        from kdistill.data.mimic import load_studies
-    except ImportError as err:
-        raise DataError(root, f"cannot load studies: kdistill.data.mimic is not available ({err})") from None
-    studies = load_studies(root, splits=list(splits), on_error=on_error)
+def load_study_list(data, splits: Sequence[str], on_error: str = "raise", limit: int = 0) -> list:
+    """The studies of ``splits`` of ``data`` (a ``kdistill.data.sources.DataSource``), the first
+    ``limit`` of them when set."""
+    if not data.has_reports:
+        raise DataError(data.root, f"source {data.name!r} has no report text: the teacher writes rationales from "
+                                   "reports, so this stage cannot run on it")
+    studies = data.load_studies(splits=list(splits), on_error=on_error)
     studies = [s for s in studies if s.split in splits]
     if limit:
         studies = studies[:limit]
     if not studies:
-        raise DataError(root, f"no studies in splits {list(splits)}")
+        raise DataError(data.root, f"no studies in splits {list(splits)}")
     return studies
 
 
-def run_stage(cfg: StageConfig, ctx) -> dict[str, Any]:
-    root = cfg.data_root or ctx.data_root
-    studies = load_study_list(root, cfg.splits, cfg.on_error, cfg.limit)
+def run_stage(cfg: TeacherGenerateConfig, ctx) -> dict[str, Any]:
+    from kdistill.data.sources import open_source
+
+    data = open_source(ctx.data.name, cfg.data_root) if cfg.data_root else ctx.data
+    studies = load_study_list(data, cfg.splits, cfg.on_error, cfg.limit)
     teacher_dir = cfg.teacher or ctx.stage_dir("teacher_train")
     return generate_rationales(studies, teacher_dir, ctx.stage_dir("teacher_generate"), cfg)
 
 
 def main(argv: list[str] | None = None, prog: str = "kdistill teacher generate") -> int:
+    from kdistill.command import add_config_arguments, add_data_arguments, data_source, stage_config
+    from kdistill.data.sources import open_source
+
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", help="dataset root (MIMIC-CXR-JPG layout)")
+    add_data_arguments(parser, required=False, what="default: the config's data_root")
     parser.add_argument("--teacher", help="teacher folder written by `kdistill teacher train`")
     parser.add_argument("--out", required=True, help="rationale folder (the cache is <out>/dataset)")
-    parser.add_argument("--config", help="YAML with StageConfig keys")
-    parser.add_argument("--section", help="section of --config to read, e.g. teacher_generate")
     parser.add_argument("--force", action="store_true", help="discard a cache made with another teacher/config")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_size=64 backend=vllm")
-    args = parser.parse_args(argv)
-    cfg = cfglib.load(StageConfig, args.config, args.overrides, section=args.section)
+    add_config_arguments(parser, "teacher_generate", example="batch_size=64 backend=vllm")
+    args = parser.parse_intermixed_args(argv)
+    cfg = stage_config(TeacherGenerateConfig, args, "teacher_generate")
     if args.force:
         cfg.force = True
-    root = args.data_root or cfg.data_root
+    data = data_source(args) or (open_source(args.source, cfg.data_root) if cfg.data_root else None)
     teacher_dir = args.teacher or cfg.teacher
-    if root is None or teacher_dir is None:
+    if data is None or teacher_dir is None:
         raise DataError(None, "give --data-root ROOT and --teacher DIR")
-    studies = load_study_list(root, cfg.splits, cfg.on_error, cfg.limit)
+    studies = load_study_list(data, cfg.splits, cfg.on_error, cfg.limit)
     summary = generate_rationales(studies, teacher_dir, args.out, cfg)
     from accelerate import PartialState
 

@@ -108,13 +108,3 @@ def evaluate_loss(model, rows, batch_size: int, pad_id: int, device) -> dict[str
     model.train(was_training)
     mean = total / max(count, 1)
     return {"eval_loss": round(mean, 4), "eval_perplexity": round(math.exp(min(mean, 50.0)), 3)}
-
-
-def warmup_cosine(warmup: int, total: int):
-    """LR factor per step: linear warm-up, then cosine decay to 10% of the peak."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(warmup, 1)
-        progress = (step - warmup) / max(total - warmup, 1)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return factor

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
+from kdistill.scoring import choose_thresholds
 from eval import classification as C
 from kdistill.labels import COMPETITION_INDICES, FINDINGS, FINDING_INDEX
 
@@ -115,7 +116,7 @@ def test_choose_thresholds_maximises_validation_f1_hand_case():
     probs[:, 0] = [0.1, 0.4, 0.35, 0.8]
     y[:, 0] = [0, 0, 1, 1]
     # F1 at t=0.8: 2/3; t=0.4: 1/2; t=0.35: 4/5 (best); t=0.1: 2/3
-    t, defaulted = C.choose_thresholds(probs, y)
+    t, _, defaulted = choose_thresholds(probs, y)
     assert t[0] == 0.35
     assert defaulted == list(FINDINGS[1:])  # no validation positive: 0.5, named
     assert np.all(t[1:] == 0.5)

@@ -8,7 +8,9 @@ import pytest
 from sklearn.metrics import f1_score
 
 from eval import label_f1 as L
-from kdistill.labels import COMPETITION_INDICES, FINDING_INDEX, FINDINGS
+from kdistill.labeler import get_labeler
+from kdistill.labeler.consistency import consistency_scores
+from kdistill.labels import COMPETITION_INDICES, FINDING_INDEX
 
 METRICS = Path(__file__).resolve().parents[1] / "eval" / "metrics"
 NAN = np.nan
@@ -95,7 +97,7 @@ def test_rationale_consistency_hand_case():
     # rationale mentions Edema (1) and Cardiomegaly (-1); the study has Edema (1) and Pleural Effusion (-1)
     said = np.stack([_row(Edema=1, Cardiomegaly=-1, Atelectasis=0)])
     truth = np.stack([_row(Edema=1, Pleural_Effusion=-1, Atelectasis=0)])
-    out = L.rationale_consistency(said, truth)
+    out = consistency_scores(said, truth)
     # mentioned: tp 1 (Edema), fp 1 (Cardiomegaly), fn 1 (PE); a negative (0) is not a mention
     assert out == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5})
 
@@ -110,12 +112,12 @@ def test_evaluate_modules_load_offline_and_equal_direct_functions():
     assert metric.compute(predictions=gen.tolist(), references=ref.tolist(), labeler_name="chexpert_rules_f1") == \
         L.report_label_metrics(gen, ref, None, "chexpert_rules_f1")
     metric = evaluate.load(str(METRICS / "rationale_consistency"))
-    assert metric.compute(predictions=gen.tolist(), references=ref.tolist()) == L.rationale_consistency(gen, ref)
+    assert metric.compute(predictions=gen.tolist(), references=ref.tolist()) == consistency_scores(gen, ref)
 
 
 def test_end_to_end_from_text_with_the_project_labeler():
     pytest.importorskip("kdistill.labeler")
-    label_fn, name = L.get_labeler()
+    label_fn, name = get_labeler()
     assert name == "chexpert_rules_f1"  # no CheXbert checkpoint given
     generated = ["Moderate cardiomegaly. Small left pleural effusion.", "No acute cardiopulmonary process."]
     reference = ["The heart is enlarged. There is a small left pleural effusion.", "Lungs are clear. No effusion."]
@@ -131,7 +133,7 @@ def test_evaluate_module_labels_texts_with_the_project_labeler():
     generated = ["Moderate cardiomegaly.", "Possible small right pleural effusion."]
     reference = ["The heart is enlarged.", "Small right pleural effusion."]
     got = evaluate.load(str(METRICS / "label_f1")).compute(predictions=generated, references=reference)
-    label_fn, name = L.get_labeler()
+    label_fn, name = get_labeler()
     assert got == L.report_label_metrics(generated, reference, label_fn, name)
     assert got["chexpert_rules_f1/uncertain_positive/f1/Pleural Effusion"] == 1.0  # hedged -> positive
     assert got["chexpert_rules_f1/f1/Pleural Effusion"] == 0.0  # hedged -> negative

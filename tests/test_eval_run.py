@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from kdistill.scoring import choose_thresholds
 from eval import classification
 from eval import run as R
 from kdistill.errors import DataError
@@ -232,10 +233,10 @@ def test_thresholds_are_chosen_on_validation_predictions(tiny, tmp_path):
     val = _write_csv(tmp_path / "val.csv", ids["validate"], val_probs)
     out = tmp_path / "out"
     assert R.main(["--predictions", str(test), "--validate-predictions", str(val), "--data", str(root),
-                   "--out", str(out), "--bootstrap", "0"]) == 0
+                   "--out", str(out), "n_bootstrap=0"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     y, mask = classification.targets(labels["validate"])
-    expected, defaulted = classification.choose_thresholds(val_probs, y, mask)
+    expected, _, defaulted = choose_thresholds(val_probs, y, mask)
     assert "Fracture" in defaulted and metrics["test/thresholds/Fracture"] == 0.5
     for j, finding in enumerate(FINDINGS):
         assert metrics[f"test/thresholds/{finding}"] == pytest.approx(expected[j])
@@ -336,9 +337,11 @@ def test_pipeline_stage_scores_a_checkpoint_with_noise(tiny, tmp_path, monkeypat
         from kdistill.data.prepare import prepare
 
         prepare(root, run_dir / "prepared", size=8, workers=1)
+    from kdistill.data.sources import open_source
+
     ctx = types.SimpleNamespace(stage_dir=lambda name: run_dir / {"prepare": "prepared"}.get(name, name),
-                                data_root=root, seed=0)
-    cfg = R.StageConfig(n_bootstrap=5, noise_sigmas=[0.05])
+                                data_root=root, data=open_source("mimic", root), seed=0)
+    cfg = R.EvalConfig(n_bootstrap=5, noise_sigmas=[0.05])
     summary = R.run_stage(cfg, ctx)
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     _no_nan(metrics)
@@ -361,7 +364,8 @@ def test_a_real_student_checkpoint_goes_through_the_adapter(tiny, tmp_path):
 
     from kdistill import config as cfglib
     from student import StudentConfig, create_student
-    from student.checkpoint import save_thresholds, save_tokenizer, save_weights
+    from kdistill.scoring import save_thresholds
+    from student.checkpoint import save_tokenizer, save_weights
     from student.synthetic import TINY_MODEL, make_tokenizer
 
     root, labels, ids = tiny
@@ -373,7 +377,7 @@ def test_a_real_student_checkpoint_goes_through_the_adapter(tiny, tmp_path):
     save_weights(cfg, model.state_dict(), ckpt)
     save_tokenizer(tokenizer, ckpt)
     thresholds = np.linspace(0.3, 0.7, 14)
-    save_thresholds(thresholds, ckpt)
+    save_thresholds(ckpt, thresholds)
     out = tmp_path / "out"
     assert R.main(["--checkpoint", str(ckpt), "--data", str(root), "--out", str(out), "--bootstrap", "5",
                    "--noise", "0.05"]) == 0

@@ -4,6 +4,7 @@ import json
 import numpy as np
 from PIL import Image
 
+from kdistill.scoring import save_thresholds
 from kdistill.labels import FINDINGS, FINDING_INDEX
 from student.explain import _overlay, explain_batch, write_index
 
@@ -62,7 +63,7 @@ def test_kdistill_explain_on_image_files_with_a_real_checkpoint(tmp_path):
     model = student.create_student(cfglib.from_dict(student.StudentConfig, {**TINY_MODEL, "teacher_embed_dim": 16}), tok)
     ckpt.save_weights(model.cfg, model.state_dict(), tmp_path / "ckpt")
     ckpt.save_tokenizer(tok, tmp_path / "ckpt")
-    ckpt.save_thresholds(np.full(14, 0.5), tmp_path / "ckpt")
+    save_thresholds(tmp_path / "ckpt", np.full(14, 0.5))
     paths = []
     for i in range(3):  # files of another size than the model's: resized on the way in
         path = tmp_path / f"img{i}.png"

@@ -389,31 +389,31 @@ def test_default_difficulty_leaves_headroom(phantom, studies):
 
 
 def test_stage_config_and_run(tmp_path):
-    from kdistill.data.stage import StageConfig, run_stage
+    from kdistill.data.stage import DataConfig, run_stage
 
-    cfg = from_dict(StageConfig, {"phantom": {"n_studies": 12, "image_size": 64, "corpus_mb": 0.02}}, source="demo.yaml", prefix="data")
+    cfg = from_dict(DataConfig, {"phantom": {"n_studies": 12, "image_size": 64, "corpus_mb": 0.02}}, source="demo.yaml", prefix="data")
     assert cfg.source == "phantom" and cfg.phantom.n_studies == 12
     with pytest.raises(ConfigError, match="n_studie"):
-        from_dict(StageConfig, {"phantom": {"n_studie": 3}}, source="demo.yaml", prefix="data")
+        from_dict(DataConfig, {"phantom": {"n_studie": 3}}, source="demo.yaml", prefix="data")
     with pytest.raises(ConfigError, match="root"):
-        from_dict(StageConfig, {"source": "mimic"}, source="demo.yaml", prefix="data")
+        from_dict(DataConfig, {"source": "mimic"}, source="demo.yaml", prefix="data")
     with pytest.raises(ConfigError, match="root"):
-        from_dict(StageConfig, {"source": "phantom", "root": "/data/mimic"}, source="demo.yaml", prefix="data")
+        from_dict(DataConfig, {"source": "phantom", "root": "/data/mimic"}, source="demo.yaml", prefix="data")
     with pytest.raises(ConfigError, match="shortcut_finding"):
-        from_dict(StageConfig, {"phantom": {"shortcut_finding": "Nope"}})
+        from_dict(DataConfig, {"phantom": {"shortcut_finding": "Nope"}})
     ctx = types.SimpleNamespace(seed=0, stage_dir=lambda name: tmp_path / name)
     out = run_stage(cfg, ctx)
     assert out["root"] == str(tmp_path / "data") and out["n_studies"] == 12
     assert set(out["prevalence"]) == set(FINDINGS)
     assert (tmp_path / "data" / CSV_NAMES[1]).is_file()
     with pytest.raises(DataError, match="does not exist"):
-        run_stage(from_dict(StageConfig, {"source": "mimic", "root": str(tmp_path / "missing")}), ctx)
+        run_stage(from_dict(DataConfig, {"source": "mimic", "root": str(tmp_path / "missing")}), ctx)
     with pytest.raises(DataError, match="valid.csv"):
-        run_stage(from_dict(StageConfig, {"source": "chexpert", "root": str(tmp_path)}), ctx)
+        run_stage(from_dict(DataConfig, {"source": "chexpert", "root": str(tmp_path)}), ctx)
     (tmp_path / "valid.csv").write_text("Path\n")
-    assert run_stage(from_dict(StageConfig, {"source": "chexpert", "root": str(tmp_path)}), ctx) == {"root": str(tmp_path)}
+    assert run_stage(from_dict(DataConfig, {"source": "chexpert", "root": str(tmp_path)}), ctx)["root"] == str(tmp_path)
     # The phantom just written is a MIMIC-layout root.
-    assert run_stage(from_dict(StageConfig, {"source": "mimic", "root": out["root"]}), ctx) == {"root": out["root"]}
+    assert run_stage(from_dict(DataConfig, {"source": "mimic", "root": out["root"]}), ctx)["root"] == out["root"]
 
 
 def test_command_writes_a_dataset(tmp_path, capsys):

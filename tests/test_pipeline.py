@@ -1,4 +1,5 @@
-"""The run spine: stage order, skip when up to date, rerun downstream of a change, missing stages named."""
+"""The run spine: stage order, skip when up to date, rerun downstream of a change, text stages skipped
+on a source without reports."""
 import dataclasses
 import json
 import sys
@@ -22,7 +23,7 @@ def _make_stage_module(name, stage, calls):
     def run_stage(cfg, ctx):
         calls.append(name)
         (ctx.stage_dir(stage) / "out.txt").write_text(str(cfg.value))
-        return {"value": cfg.value}
+        return {"value": cfg.value, **({"has_reports": cfg.value != 7} if stage == "data" else {})}
 
     mod.run_stage = run_stage
     return mod
@@ -31,25 +32,23 @@ def _make_stage_module(name, stage, calls):
 @pytest.fixture
 def fake_stages(monkeypatch):
     calls = []
-    for mod, stage in (("a", "data"), ("b", "prepare"), ("c", "eval")):
+    for mod, stage in (("a", "data"), ("b", "prepare"), ("t", "teacher_generate"), ("c", "eval")):
         monkeypatch.setitem(sys.modules, f"_fake_stage.{mod}", _make_stage_module(f"_fake_stage.{mod}", stage, calls))
     stages = (
-        Stage("data", "_fake_stage.a", "data"),
-        Stage("prepare", "_fake_stage.b", "prepared", ("data",)),
-        Stage("student", "_fake_stage.missing", "student", ("prepare",)),
-        Stage("eval", "_fake_stage.c", "eval", ("student",)),
+        Stage("data", "_fake_stage.a", "StageConfig", "data"),
+        Stage("prepare", "_fake_stage.b", "StageConfig", "prepared", ("data",)),
+        Stage("teacher_generate", "_fake_stage.t", "StageConfig", "rationales", ("prepare",)),
+        Stage("eval", "_fake_stage.c", "StageConfig", "eval", ("teacher_generate",)),
     )
     monkeypatch.setattr(pipeline, "STAGES", stages)
-    monkeypatch.setattr(pipeline, "implemented", lambda s: s.module in sys.modules)
     return calls
 
 
 def test_runs_in_order_skips_when_up_to_date_and_reruns_downstream(tmp_path, fake_stages):
     calls = fake_stages
     result = pipeline.run(RunConfig(name="t"), tmp_path)
-    assert calls == ["_fake_stage.a", "_fake_stage.b"]
-    assert result["stages"]["student"] == "not implemented yet"
-    assert result["stages"]["eval"].startswith("not run: needs student")
+    assert calls == ["_fake_stage.a", "_fake_stage.b", "_fake_stage.t", "_fake_stage.c"]
+    assert set(result["stages"].values()) == {"done"}
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "run.log").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())["outputs"]["prepare"]["value"] == 1
 
@@ -59,12 +58,20 @@ def test_runs_in_order_skips_when_up_to_date_and_reruns_downstream(tmp_path, fak
 
     calls.clear()
     pipeline.run(RunConfig(name="t", data={"value": 2}), tmp_path)
-    assert calls == ["_fake_stage.a", "_fake_stage.b"]  # the change upstream reruns prepare too
+    assert calls == ["_fake_stage.a", "_fake_stage.b", "_fake_stage.t", "_fake_stage.c"]  # everything downstream
 
     calls.clear()
     pipeline.run(RunConfig(name="t", data={"value": 2}, prepare={"value": 5}), tmp_path)
-    assert calls == ["_fake_stage.b"]
+    assert calls == ["_fake_stage.b", "_fake_stage.t", "_fake_stage.c"]
     assert (tmp_path / "prepared" / "out.txt").read_text() == "5"
+
+
+def test_a_source_without_reports_skips_the_text_stages_by_name_and_runs_the_rest(tmp_path, fake_stages):
+    calls = fake_stages
+    result = pipeline.run(RunConfig(name="t", data={"value": 7}), tmp_path)  # the fake data stage: no reports
+    assert calls == ["_fake_stage.a", "_fake_stage.b", "_fake_stage.c"]
+    assert result["stages"]["teacher_generate"] == pipeline.NO_TEXT
+    assert result["stages"]["eval"] == "done"
 
 
 def test_unknown_stage_key_is_an_error(tmp_path, fake_stages):
@@ -78,8 +85,8 @@ def test_unknown_stage_key_is_an_error(tmp_path, fake_stages):
 
 def test_changed_config_clears_stale_outputs_but_keeps_nested_stage_folders(tmp_path, fake_stages, monkeypatch):
     stages = (
-        Stage("data", "_fake_stage.a", "teacher/base"),  # nested inside the next stage's folder
-        Stage("prepare", "_fake_stage.b", "teacher", ("data",)),
+        Stage("data", "_fake_stage.a", "StageConfig", "teacher/base"),  # nested inside the next stage's folder
+        Stage("prepare", "_fake_stage.b", "StageConfig", "teacher", ("data",)),
     )
     monkeypatch.setattr(pipeline, "STAGES", stages)
     pipeline.run(RunConfig(name="t", stages=["data", "prepare"]), tmp_path)

@@ -146,17 +146,17 @@ def test_corrupt_image_raises_or_is_counted(tmp_path):
 
 
 def test_stage_and_cli(tree, tmp_path, capsys):
-    from kdistill.config import from_dict
+    from kdistill.config import ConfigError, from_dict
     from kdistill.pipeline import RunContext
 
-    cfg = from_dict(prep.StageConfig, {"size": S, "workers": 1})
+    cfg = from_dict(prep.PrepareConfig, {"size": S, "workers": 1})
     ctx = RunContext(run_dir=tmp_path / "run", name="t", seed=0, outputs={"data": {"root": str(tree)}})
     result = prep.run_stage(cfg, ctx)
     assert result == {"path": str(tmp_path / "run" / "prepared"),
                       "counts": {"train": 2, "validate": 1, "test": 1, "skipped": {}}}
-    assert prep.main([str(tree), "--size", str(S), "--out", str(tmp_path / "cli"), "--workers", "1"], prog="kdistill data prepare") == 0
+    assert prep.main([str(tree), "--size", str(S), "--out", str(tmp_path / "cli"), "workers=1"], prog="kdistill data prepare") == 0
     assert "train     2 rows" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="size must be >= 8"):
         prep.main([str(tree), "--size", "4", "--out", str(tmp_path / "x")], prog="kdistill data prepare")
 
 

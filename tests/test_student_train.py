@@ -8,14 +8,15 @@ import torch
 from safetensors.torch import load_file
 
 import student
+from kdistill.scoring import save_thresholds
 from kdistill import config as cfglib
 from kdistill.errors import DataError
 from student import checkpoint as ckpt
 from student import train as train_mod
 from kdistill.config import ConfigError
 from student.synthetic import TINY_MODEL, add_topk, make_prepared, make_rationales, make_tokenizer
-from student.text import tokenizer_fingerprint
-from student.train import NonFiniteLoss, StageConfig, train
+from teacher.cache import tokenizer_fingerprint
+from student.train import NonFiniteLoss, StudentTrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def toy():
 def _cfg(**kw):
     base = {"model": TINY_MODEL, "batch_size": 8, "max_steps": 4, "eval_every": 2, "save_every": 0,
             "warmup_steps": 1, "log_every": 1, "cpu": True, "lr": 3e-3, "num_threads": 1}
-    return cfglib.from_dict(StageConfig, cfglib.merge(base, kw))
+    return cfglib.from_dict(StudentTrainConfig, cfglib.merge(base, kw))
 
 
 def _log(out):
@@ -67,7 +68,7 @@ def test_reloaded_checkpoint_gives_identical_outputs(toy, tmp_path):
     model = student.create_student(cfg, tok).eval()
     ckpt.save_weights(model.cfg, model.state_dict(), tmp_path)
     ckpt.save_tokenizer(tok, tmp_path)
-    ckpt.save_thresholds(np.linspace(0.1, 0.9, 14), tmp_path)
+    save_thresholds(tmp_path, np.linspace(0.1, 0.9, 14))
     again = student.load(tmp_path)
     images = torch.rand(2, 1, 48, 48)  # another size: resized for the model, maps come back at 48x48
     a = model.predict(images, max_new_tokens=6)
@@ -240,10 +241,10 @@ import json, os, sys
 import datasets, torch
 from transformers import AutoTokenizer
 from kdistill import config as cfglib
-from student.train import StageConfig, train
+from student.train import StudentTrainConfig, train
 data, tok_dir, out, cfg_json = sys.argv[1:5]
 torch.set_num_threads(1)
-cfg = cfglib.from_dict(StageConfig, json.loads(cfg_json))
+cfg = cfglib.from_dict(StudentTrainConfig, json.loads(cfg_json))
 metrics = train(cfg, out, datasets.load_from_disk(data), AutoTokenizer.from_pretrained(tok_dir), None)
 rank = int(os.environ["RANK"])
 with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
@@ -280,12 +281,12 @@ def test_two_cpu_processes_average_gradients_like_one_process_on_the_whole_batch
     assert ranks[0]["images"] == 3 * 2 * 4
     assert (tmp_path / "ddp" / "model.safetensors").is_file()  # one checkpoint, from the main process
 
-    train(cfglib.from_dict(StageConfig, {**common, "batch_size": 8}), tmp_path / "one", prep, tok, None)
+    train(cfglib.from_dict(StudentTrainConfig, {**common, "batch_size": 8}), tmp_path / "one", prep, tok, None)
     w2 = load_file(str(tmp_path / "ddp" / "checkpoints" / "step_3" / "model.safetensors"))
     w1 = load_file(str(tmp_path / "one" / "checkpoints" / "step_3" / "model.safetensors"))
     w0 = student.create_student(cfglib.from_dict(student.StudentConfig, TINY_MODEL), tok).state_dict()
     # Control: one process seeing only half the data per step lands far from both.
-    train(cfglib.from_dict(StageConfig, {**common, "batch_size": 4}), tmp_path / "half", prep, tok, None)
+    train(cfglib.from_dict(StudentTrainConfig, {**common, "batch_size": 4}), tmp_path / "half", prep, tok, None)
     wh = load_file(str(tmp_path / "half" / "checkpoints" / "step_3" / "model.safetensors"))
     gap = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     control = max(float((w1[k] - wh[k]).abs().max()) for k in w1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import signal
 import subprocess
@@ -28,9 +27,9 @@ from kdistill.labels import FINDING_INDEX, FINDINGS  # noqa: E402
 from teacher import cache  # noqa: E402
 from teacher import generate as gen  # noqa: E402
 from teacher.modeling import load_teacher  # noqa: E402
-from teacher.pretrain import StageConfig as PretrainConfig  # noqa: E402
+from teacher.pretrain import TeacherPretrainConfig as PretrainConfig  # noqa: E402
 from teacher.pretrain import pretrain  # noqa: E402
-from teacher.train import StageConfig as TrainConfig  # noqa: E402
+from teacher.train import TeacherTrainConfig as TrainConfig  # noqa: E402
 from teacher.train import train  # noqa: E402
 
 REPO = TESTS.parent
@@ -42,15 +41,15 @@ def teacher_dir(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("teacher_gen")
     corpus = write_toy_corpus(root / "corpus.jsonl", n_rationale=150)
-    pretrain(PretrainConfig(model_config="llama_tiny", steps=150, batch_size=16, lr=1e-2, warmup_steps=10),
+    pretrain(PretrainConfig(model_config="llama_tiny", max_steps=150, batch_size=16, lr=1e-2, warmup_steps=10),
              corpus, root / "base", label_fn=stub_label_reports)
-    train(TrainConfig(steps=20, batch_size=16, lr=5e-3, lora_r=4, lora_alpha=8, checkpoint_every=0, cpu=True),
+    train(TrainConfig(max_steps=20, batch_size=16, lr=5e-3, lora_r=4, lora_alpha=8, save_every=0, cpu=True),
           root / "base", corpus, root / "teacher")
     return root / "teacher"
 
 
 def _cfg(**kw):
-    return gen.StageConfig(**{**dict(batch_size=4, max_new_tokens=40, cpu=True, max_retries=0), **kw})
+    return gen.TeacherGenerateConfig(**{**dict(batch_size=4, max_new_tokens=40, cpu=True, max_retries=0), **kw})
 
 
 def _run(studies, teacher_dir, out, label_fn=stub_label_reports, **kw):
@@ -379,7 +378,7 @@ _SCRIPT = textwrap.dedent("""
             time.sleep(0.4)
             return path
         cache.ShardWriter.write = write
-    cfg = gen.StageConfig(batch_size=2, max_new_tokens=40, cpu=True, max_retries=0)
+    cfg = gen.TeacherGenerateConfig(batch_size=2, max_new_tokens=40, cpu=True, max_retries=0)
     summary = gen.generate_rationales(toy_studies(12), teacher, out, cfg, label_fn=stub_label_reports)
     from accelerate import PartialState
     state = PartialState()
@@ -408,7 +407,7 @@ def _env():
 def test_sigkill_mid_generation_then_restart_equals_an_uninterrupted_run(teacher_dir, tmp_path):
     reference = tmp_path / "reference"
     gen.generate_rationales(toy_studies(12), teacher_dir, reference,
-                            gen.StageConfig(batch_size=2, max_new_tokens=40, cpu=True, max_retries=0),
+                            gen.TeacherGenerateConfig(batch_size=2, max_new_tokens=40, cpu=True, max_retries=0),
                             label_fn=stub_label_reports)
     out = tmp_path / "killed"
     out.mkdir()
@@ -454,6 +453,6 @@ def test_two_cpu_processes_split_the_studies_and_both_write_shards(teacher_dir, 
     assert [r["study_id"] for r in rows] == [s.study_id for s in toy_studies(12)]
     single = tmp_path / "single"
     gen.generate_rationales(toy_studies(12), teacher_dir, single,
-                            gen.StageConfig(batch_size=2, max_new_tokens=40, cpu=True, max_retries=0),
+                            gen.TeacherGenerateConfig(batch_size=2, max_new_tokens=40, cpu=True, max_retries=0),
                             label_fn=stub_label_reports)
     assert [r["rationale"] for r in rows] == [r["rationale"] for r in _rows(single)]

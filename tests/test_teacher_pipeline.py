@@ -13,7 +13,7 @@ from kdistill.errors import DataError
 from teacher import generate, pretrain, train
 from teacher.cache import load_rationales
 
-TINY = {"model_config": "llama_tiny", "steps": 30, "batch_size": 8, "lr": 1e-2, "warmup_steps": 3, "max_length": 256}
+TINY = {"model_config": "llama_tiny", "max_steps": 30, "batch_size": 8, "lr": 1e-2, "warmup_steps": 3, "max_length": 256}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_three_teacher_stages_run_in_the_pipeline(phantom, tmp_path):
     run_cfg = pipeline.RunConfig(
         name="t", stages=["teacher_pretrain", "teacher_train", "teacher_generate"],
         teacher_pretrain=TINY,
-        teacher_train={"steps": 5, "batch_size": 8, "lora_r": 4, "lora_alpha": 8, "cpu": True, "max_length": 256},
+        teacher_train={"max_steps": 5, "batch_size": 8, "lora_r": 4, "lora_alpha": 8, "cpu": True, "max_length": 256},
         teacher_generate={"data_root": str(phantom), "batch_size": 8, "max_new_tokens": 24, "cpu": True,
                           "max_retries": 1},
     )
@@ -65,7 +65,7 @@ def test_cli_commands_write_the_three_folders(phantom, tmp_path, capsys):
     overrides = [f"{k}={v}" for k, v in TINY.items()]
     assert pretrain.main(["--corpus", str(corpus), "--out", str(tmp_path / "base"), *overrides]) == 0
     assert train.main(["--base", str(tmp_path / "base"), "--data-root", str(phantom), "--out", str(tmp_path / "teacher"),
-                       "steps=3", "batch_size=8", "cpu=true", "max_length=256"]) == 0
+                       "max_steps=3", "batch_size=8", "cpu=true", "max_length=256"]) == 0
     assert generate.main(["--data-root", str(phantom), "--teacher", str(tmp_path / "teacher"),
                           "--out", str(tmp_path / "rationales"), "max_new_tokens=8", "cpu=true", "max_retries=0",
                           "limit=3"]) == 0

@@ -11,10 +11,10 @@ from kdistill.data.study import Study
 from kdistill.errors import DataError
 from kdistill.labels import FINDING_INDEX, FINDINGS
 from teacher import corpus as corpuslib
-from teacher.consistency import is_consistent
+from kdistill.labeler.consistency import is_consistent
 from teacher.lm_data import IGNORE, encode
 from teacher.prompts import (RATIONALE_MARKER, FindingMention, attributes_from_report, build_prompt,
-                             doc_mentions, format_prompt, prompt_for_study, study_mentions)
+                             doc_mentions, format_prompt, prompt_for_study)
 
 
 def _labels(**values):

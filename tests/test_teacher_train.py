@@ -17,7 +17,7 @@ from test_teacher_toy import stub_label_reports, write_toy_corpus  # noqa: E402
 from kdistill.errors import DataError  # noqa: E402
 from teacher import modeling  # noqa: E402
 from teacher import train as trainlib  # noqa: E402
-from teacher.pretrain import StageConfig as PretrainConfig  # noqa: E402
+from teacher.pretrain import TeacherPretrainConfig as PretrainConfig  # noqa: E402
 from teacher.pretrain import pretrain  # noqa: E402
 
 
@@ -26,15 +26,15 @@ def toy(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("teacher_train")
     corpus = write_toy_corpus(root / "corpus.jsonl", n_rationale=100)
-    result = pretrain(PretrainConfig(model_config="llama_tiny", steps=60, batch_size=16, lr=1e-2, warmup_steps=5),
+    result = pretrain(PretrainConfig(model_config="llama_tiny", max_steps=60, batch_size=16, lr=1e-2, warmup_steps=5),
                       corpus, root / "base", label_fn=stub_label_reports)
     return {"root": root, "corpus": corpus, "base": root / "base", "pretrain": result}
 
 
 def _train_cfg(**kw):
-    defaults = dict(steps=12, batch_size=8, lr=5e-3, warmup_steps=2, lora_r=4, lora_alpha=8,
-                    checkpoint_every=0, log_every=100, cpu=True)
-    return trainlib.StageConfig(**{**defaults, **kw})
+    defaults = dict(max_steps=12, batch_size=8, lr=5e-3, warmup_steps=2, lora_r=4, lora_alpha=8,
+                    save_every=0, log_every=100, cpu=True)
+    return trainlib.TeacherTrainConfig(**{**defaults, **kw})
 
 
 def test_pretrain_loss_goes_down_and_tokenizer_loads_with_autotokenizer(toy):
@@ -54,7 +54,7 @@ def test_pretrain_loss_goes_down_and_tokenizer_loads_with_autotokenizer(toy):
 
 def test_lora_training_lowers_loss_and_saves_adapter_tokenizer_and_teacher_json(toy):
     out = toy["root"] / "teacher"
-    result = trainlib.train(_train_cfg(steps=30), toy["base"], toy["corpus"], out)
+    result = trainlib.train(_train_cfg(max_steps=30), toy["base"], toy["corpus"], out)
     assert result["eval_loss"] < result["eval_before"]["eval_loss"]
     assert result["final_train_loss"] < result["first_train_loss"]
     meta = json.loads((out / "teacher.json").read_text())
@@ -88,21 +88,21 @@ def test_interrupted_training_resumes_from_checkpoint_to_the_same_adapter(toy, m
     from safetensors.torch import load_file
 
     straight = toy["root"] / "straight"
-    trainlib.train(_train_cfg(steps=8, lora_dropout=0.1), toy["base"], toy["corpus"], straight)
+    trainlib.train(_train_cfg(max_steps=8, lora_dropout=0.1), toy["base"], toy["corpus"], straight)
 
     resumed = toy["root"] / "resumed"
     real_save = trainlib._save_checkpoint
 
-    def save_then_die(accelerator, ckpt, step):
-        real_save(accelerator, ckpt, step)
+    def save_then_die(accelerator, checkpoints, step):
+        real_save(accelerator, checkpoints, step)
         raise KeyboardInterrupt  # the run dies right after its step-4 checkpoint
 
     monkeypatch.setattr(trainlib, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        trainlib.train(_train_cfg(steps=8, lora_dropout=0.1, checkpoint_every=4), toy["base"], toy["corpus"], resumed)
-    assert json.loads((resumed / "checkpoints" / "last" / "step.json").read_text()) == {"step": 4}
+        trainlib.train(_train_cfg(max_steps=8, lora_dropout=0.1, save_every=4), toy["base"], toy["corpus"], resumed)
+    assert json.loads((resumed / "checkpoints" / "step_4" / "state.json").read_text())["step"] == 4
     monkeypatch.setattr(trainlib, "_save_checkpoint", real_save)
-    result = trainlib.train(_train_cfg(steps=8, lora_dropout=0.1, checkpoint_every=4), toy["base"], toy["corpus"], resumed)
+    result = trainlib.train(_train_cfg(max_steps=8, lora_dropout=0.1, save_every=4), toy["base"], toy["corpus"], resumed)
     assert result["steps"] == 8 and result["resumed_from_step"] == 4
     a = load_file(straight / "adapter_model.safetensors")
     b = load_file(resumed / "adapter_model.safetensors")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from kdistill.data.mimic import normalize_id, read_table
+from kdistill.data.sources import Source, register
 from kdistill.data.study import Study
 from kdistill.errors import DataError, SkipCounter
 from kdistill.labels import FINDINGS, parse_label
@@ -121,3 +122,12 @@ def _build(csv_path, study_id, split, items, view_rank, images, counter, check_i
         labels=labels if labels else [math.nan] * len(FINDINGS),
         dicom_ids=[Path(p).stem for _, p, _ in kept],
     )
+
+
+register(Source(
+    name="chexpert",
+    loader=load_chexpert,
+    index_files=tuple(CSV_FILES.values()),
+    has_reports=False,
+    description="CheXpert v1.0 / v1.0-small (train.csv, valid.csv)",
+))

@@ -57,6 +57,18 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def to_unit_float(pixels) -> np.ndarray:
+    """Stored pixels -> float32 in [0, 1]: integer arrays are 8-bit grey values (divided by 255),
+    float arrays are already in [0, 1].
+
+    Decided by the dtype's *kind*, not by ``dtype == uint8``: datasets' numpy format returns
+    the prepared cache's uint8 images as int64, which must still be divided by 255."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype.kind in "iu":
+        return pixels.astype(np.float32) / 255.0
+    return pixels.astype(np.float32, copy=False)
+
+
 def read_resized_uint8(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Read an image and resize it to SxS uint8; also returns the stored image's (height, width).
 

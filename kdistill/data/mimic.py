@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from kdistill.data.sections import extract_sections
+from kdistill.data.sources import Source, register
 from kdistill.data.study import Roi, Study
 from kdistill.errors import DataError, SkipCounter
 from kdistill.labels import FINDINGS, parse_label
@@ -279,3 +280,13 @@ def _rois_by_study(root: Path, counter: SkipCounter) -> dict[str, list[Roi]]:
     from kdistill.data.rois import load_rois
 
     return load_rois(path, counter=counter)
+
+
+register(Source(
+    name="mimic",
+    loader=load_studies,
+    index_files=(f"{METADATA}.csv.gz", f"{METADATA}.csv"),
+    has_reports=True,
+    image_views=dicom_views,
+    description="MIMIC-CXR-JPG v2 layout (also the phantom's)",
+))

@@ -43,9 +43,10 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from kdistill.config import write_text_atomic
+from kdistill.io import atomic_dir, write_json
 from kdistill.data.images import read_resized_uint8
-from kdistill.data.mimic import SPLITS, dicom_views, load_studies
+from kdistill.data.mimic import SPLITS
+from kdistill.data.sources import open_source
 from kdistill.data.study import Study
 from kdistill.errors import DataError, SkipCounter
 from kdistill.labels import FINDING_INDEX, NUM_FINDINGS
@@ -58,7 +59,7 @@ _FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass
-class StageConfig:
+class PrepareConfig:
     """The ``prepare`` section of a run config."""
 
     size: int = 128  # prepared images are size x size
@@ -117,7 +118,7 @@ def read_batch(dataset, rows: slice | list[int], columns: list[str] | None = Non
     for name in columns or table.column_names:
         column = table.column(name).combine_chunks()
         if name in ("image", "roi_bits"):
-            out[name] = column.to_numpy(zero_copy_only=False)
+            out[name] = _stacked(column)
         elif name == "labels":
             out[name] = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), NUM_FINDINGS)
         elif name == "roi_boxes":
@@ -125,6 +126,21 @@ def read_batch(dataset, rows: slice | list[int], columns: list[str] | None = Non
         else:
             out[name] = column.to_pylist()
     return out
+
+
+def _stacked(column) -> np.ndarray:
+    """An image-like Arrow column -> (n, H, W) in its stored dtype. The cache's Array2D columns
+    convert directly; plain nested lists (datasets built without the cache's features) are
+    stacked and kept in their Arrow value type."""
+    import pyarrow as pa
+
+    array = column.to_numpy(zero_copy_only=False)
+    if array.dtype != object:
+        return array
+    value_type = column.type
+    while pa.types.is_list(value_type) or pa.types.is_large_list(value_type) or pa.types.is_fixed_size_list(value_type):
+        value_type = value_type.value_type
+    return np.asarray(column.to_pylist(), dtype=value_type.to_pandas_dtype())
 
 
 def prepare(
@@ -136,13 +152,16 @@ def prepare(
     shard_size: int = 256,
     images: str = "first",
     views: list[str] | None = ("PA", "AP"),
+    source: str = "mimic",
 ) -> dict[str, Any]:
-    """Build (or resume, or find up to date) the prepared cache of ``root`` in ``out``; returns meta."""
+    """Build (or resume, or find up to date) the prepared cache of ``root`` (a dataset of the
+    ``kdistill.data.sources`` source ``source``) in ``out``; returns meta."""
     root, out = Path(root), Path(out)
     started = time.time()
     counter = SkipCounter(on_error)
-    studies = load_studies(root, views=views, images=images, on_error=on_error, counter=counter)
-    views_of = dicom_views(root) if images == "all" else {}
+    data = open_source(source, root)
+    studies = data.load_studies(views=views, images=images, on_error=on_error, counter=counter)
+    views_of = data.image_views() if images == "all" else {}
     tasks_by_split = _plan(studies, images, views_of)
     fingerprint = _fingerprint(root, size, images, views, tasks_by_split)
     meta_path = out / META
@@ -178,7 +197,7 @@ def prepare(
     meta = {"size": size, "root": str(root), "images": images, "views": list(views) if views else None,
             "counts": counts, "fingerprint": fingerprint, "format_version": _FORMAT_VERSION,
             "wall_s": round(time.time() - started, 1)}
-    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+    write_json(meta_path, meta)
     shutil.rmtree(work, ignore_errors=True)
     return meta
 
@@ -230,13 +249,10 @@ def _write_shard(task) -> None:
         columns["roi_boxes"].append(boxes)
         columns["roi_bits"].append(bits)
         clipped += n_clipped
-    tmp = Path(f"{shard_dir}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet():
+    with atomic_dir(shard_dir) as tmp, _quiet():
         Dataset.from_dict(columns, features=features(size)).save_to_disk(str(tmp), num_shards=1)
-    (tmp / "shard.json").write_text(json.dumps({"rows": len(columns["study_id"]), "skipped": counter.summary(),
-                                                   "clipped_rois": clipped}))
-    os.replace(tmp, shard_dir)
+        (tmp / "shard.json").write_text(json.dumps({"rows": len(columns["study_id"]), "skipped": counter.summary(),
+                                                       "clipped_rois": clipped}))
 
 
 def _rasterize_rois(rois: list[dict], root: Path, size: int, height: int, width: int):
@@ -306,19 +322,9 @@ def _assemble(out: Path, size: int, plan, tasks, counter: SkipCounter) -> dict[s
     for split, datasets_ in parts.items():
         splits[split] = (concatenate_datasets(datasets_) if datasets_
                          else Dataset.from_dict(empty, features=features(size)))
-    tmp = out / f".{DATASET_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     # An empty split would be saved with no Arrow file at all, which load_from_disk rejects.
-    with _quiet():
+    with atomic_dir(out / DATASET_DIR) as tmp, _quiet():
         DatasetDict(splits).save_to_disk(str(tmp), num_shards={k: 1 for k, ds in splits.items() if len(ds) == 0})
-    final = out / DATASET_DIR
-    if final.exists():
-        old = out / f".{DATASET_DIR}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
     counts: dict[str, Any] = {split: len(ds) for split, ds in splits.items()}
     counts["skipped"] = skipped
     if clipped:
@@ -341,39 +347,48 @@ def _quiet():
             datasets.enable_progress_bars()
 
 
-def run_stage(cfg: StageConfig, ctx) -> dict[str, Any]:
-    """Pipeline stage: prepare ``ctx.data_root`` into ``ctx.stage_dir("prepare")``."""
+def run_stage(cfg: PrepareConfig, ctx) -> dict[str, Any]:
+    """Pipeline stage: prepare the run's dataset into ``ctx.stage_dir("prepare")``."""
     out = ctx.stage_dir("prepare")
-    meta = prepare(ctx.data_root, out, size=cfg.size, workers=cfg.workers, on_error=cfg.on_error,
-                   shard_size=cfg.shard_size, images=cfg.images, views=cfg.views)
+    data = ctx.data
+    meta = prepare(data.root, out, size=cfg.size, workers=cfg.workers, on_error=cfg.on_error,
+                   shard_size=cfg.shard_size, images=cfg.images, views=cfg.views, source=data.name)
     return {"path": str(out), "counts": meta["counts"]}
 
 
 def main(argv: list[str] | None = None, prog: str = "kdistill data prepare") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="Resize a MIMIC-CXR-JPG-layout dataset once into an "
-                                     "Arrow cache (datasets DatasetDict) that training reads.")
-    parser.add_argument("root", help="dataset root (MIMIC-CXR-JPG v2 layout)")
-    parser.add_argument("--size", type=int, default=128, help="prepared images are SIZE x SIZE (default 128)")
+    from kdistill.command import add_config_arguments, stage_config
+
+    parser = argparse.ArgumentParser(prog=prog, description="Resize a dataset once into an Arrow cache "
+                                     "(datasets DatasetDict) that training reads.")
+    parser.add_argument("root", help="dataset root")
+    parser.add_argument("--source", default="mimic", help="layout of ROOT: mimic (MIMIC-CXR-JPG and the phantom, "
+                                                          "the default), chexpert, ... (kdistill.data.sources)")
+    parser.add_argument("--size", type=int, help="prepared images are SIZE x SIZE (the config's size, default 128)")
     parser.add_argument("--out", help="output folder (meta.json + dataset/); default ROOT/prepared_SIZE")
-    parser.add_argument("--workers", type=int, default=0, help="processes (default 0: one per CPU core)")
-    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                        help="stop at the first bad file (default) or skip and count it")
-    parser.add_argument("--shard-size", type=int, default=256, help="studies per shard (default 256)")
-    parser.add_argument("--images", choices=("first", "all"), default="first",
-                        help="one image per study (default) or one row per image")
-    parser.add_argument("--views", default="PA,AP", help="comma-separated ViewPositions, or 'all' (default PA,AP)")
-    args = parser.parse_args(argv)
-    if args.out is None:
-        args.out = str(Path(args.root) / f"prepared_{args.size}")
-    views = None if args.views.lower() == "all" else [v.strip().upper() for v in args.views.split(",") if v.strip()]
-    try:
-        StageConfig(size=args.size, workers=args.workers, shard_size=args.shard_size).validate()
-    except ValueError as err:
-        parser.error(str(err))
-    meta = prepare(args.root, args.out, size=args.size, workers=args.workers, on_error=args.on_error,
-                   shard_size=args.shard_size, images=args.images, views=views)
+    # kept one more release; each is the override named in its help
+    parser.add_argument("--workers", type=int, help="deprecated: workers=N")
+    parser.add_argument("--on-error", choices=("raise", "skip"), help="deprecated: on_error=skip")
+    parser.add_argument("--shard-size", type=int, help="deprecated: shard_size=N")
+    parser.add_argument("--images", choices=("first", "all"), help="deprecated: images=all")
+    parser.add_argument("--views", help="deprecated: views=[PA,AP] (or views=null for all)")
+    add_config_arguments(parser, "prepare", example="size=224 on_error=skip views=[PA]")
+    args = parser.parse_intermixed_args(argv)
+    views = None
+    if args.views is not None:
+        views = "all" if args.views.lower() == "all" else [v.strip().upper() for v in args.views.split(",") if v.strip()]
+    legacy = {"--workers": "workers", "--on-error": "on_error", "--shard-size": "shard_size", "--images": "images",
+              "--views": "views"}
+    flags = {"size": args.size, "workers": args.workers, "on_error": args.on_error, "shard_size": args.shard_size,
+             "images": args.images, "views": None if views == "all" else views}
+    cfg = stage_config(PrepareConfig, args, "prepare", flags=flags, deprecated=legacy)
+    if views == "all":
+        cfg.views = None
+    out = args.out or str(Path(args.root) / f"prepared_{cfg.size}")
+    meta = prepare(args.root, out, size=cfg.size, workers=cfg.workers, on_error=cfg.on_error,
+                   shard_size=cfg.shard_size, images=cfg.images, views=cfg.views, source=args.source)
     counts = meta["counts"]
-    print(f"prepared cache: {args.out} ({meta['size']}x{meta['size']})")
+    print(f"prepared cache: {out} ({meta['size']}x{meta['size']})")
     for split in SPLITS:
         print(f"  {split:<9} {counts.get(split, 0)} rows")
     if counts.get("skipped"):

@@ -55,12 +55,12 @@ import collections
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from kdistill.data.study import Roi
 from kdistill.errors import DataError, SkipCounter
+from kdistill.io import atomic_path, write_text_atomic
 from kdistill.labels import FINDING_INDEX
 
 VINDR_MAP = {
@@ -97,6 +97,7 @@ VINDR_COLUMNS = ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max")
 
 
 def roi_to_json(study_id: str, roi: Roi) -> dict[str, Any]:
+    """One ``rois.jsonl`` line (the inverse of what ``load_rois`` reads)."""
     return {"study_id": study_id, "dicom_id": roi.dicom_id, "finding": roi.finding,
             "box": list(roi.box) if roi.box is not None else None, "mask": roi.mask}
 
@@ -176,7 +177,7 @@ def import_vindr(csv_path: str | Path, out: str | Path) -> dict[str, Any]:
         if not all(math.isfinite(v) for v in box) or not (box[0] < box[2] and box[1] < box[3]):
             raise DataError(csv_path, f"line {row['_line']}: bad box {box} for {name!r}")
         image_id = row["image_id"].strip()
-        records.append({"study_id": image_id, "dicom_id": image_id, "finding": finding, "box": box, "mask": None})
+        records.append(roi_to_json(image_id, Roi(finding, image_id, tuple(box))))
     _write_jsonl(records, Path(out))
     return {"format": "vindr", "rows": len(rows), "written": len(records), "no_finding_rows": no_finding,
             "unmapped": dict(unmapped)}
@@ -224,7 +225,7 @@ def import_chestx_det(json_path: str | Path, out: str | Path, image_size: tuple[
                 _write_polygon_mask(polygons[k], image_size, mask_file, json_path, where)
                 mask_rel = os.path.relpath(mask_file, out.parent)
                 masks += 1
-            records.append({"study_id": image_id, "dicom_id": image_id, "finding": finding, "box": box, "mask": mask_rel})
+            records.append(roi_to_json(image_id, Roi(finding, image_id, tuple(box), mask_rel)))
     _write_jsonl(records, out)
     return {"format": "chestx-det", "images": len(entries), "written": len(records), "masks": masks,
             "unmapped": dict(unmapped)}
@@ -247,18 +248,12 @@ def _write_polygon_mask(points, size, mask_file: Path, source: Path, where: str)
     if not isinstance(points, list) or len(points) < 3 or not all(isinstance(p, list) and len(p) == 2 for p in points):
         raise DataError(source, f"{where}: polygon needs at least 3 [x, y] points")
     mask_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = mask_file.with_name(mask_file.name + ".tmp.png")
-    Image.fromarray(rasterize_polygon(points, size)).save(tmp)
-    os.replace(tmp, mask_file)
+    with atomic_path(mask_file) as tmp:
+        Image.fromarray(rasterize_polygon(points, size)).save(tmp)
 
 
 def _write_jsonl(records: list[dict[str, Any]], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, "".join(json.dumps(rec, allow_nan=False) + "\n" for rec in records))
 
 
 def main(argv: list[str] | None = None, prog: str = "kdistill data import-rois") -> int:

@@ -178,3 +178,32 @@ def _is_header(name: str) -> bool:
     if stripped.upper() == stripped:
         return True
     return re.sub(r"\s+", " ", stripped.lower()) in _NAMES
+
+
+# ----------------------------------------------------------------------------- report text
+
+_SECTION_LABEL = re.compile(r"\b(?:findings|impression)\s*:\s*", re.IGNORECASE)
+
+
+def report_text(findings: str, impression: str, order: str = "findings_first", headers: bool = True) -> str:
+    """The report as the pipeline works on it: the FINDINGS and IMPRESSION sections.
+
+    ``headers``: "FINDINGS: ..." and "IMPRESSION: ..." on their own lines (what the student
+    learns to write and a study's ``report``); without, the two texts joined by a space (the
+    reference text eval scores against). ``order``: "findings_first" as in MIMIC, or
+    "impression_first" (the label-dense summary first, so it survives a cut).
+    """
+    if order not in ("findings_first", "impression_first"):
+        raise ValueError(f"unknown report order {order!r}")
+    parts = [(name, text.strip()) for name, text in (("FINDINGS", findings or ""), ("IMPRESSION", impression or ""))
+             if text and text.strip()]
+    if order == "impression_first":
+        parts.reverse()
+    if headers:
+        return "\n".join(f"{name}: {text}" for name, text in parts)
+    return " ".join(text for _, text in parts)
+
+
+def strip_headers(text: str) -> str:
+    """FINDINGS:/IMPRESSION: headers are layout, not content: removed (for text overlap metrics)."""
+    return _SECTION_LABEL.sub(" ", text).strip()

@@ -35,13 +35,10 @@ class Study:
 
     @property
     def report(self) -> str:
-        """The report text the pipeline works on: FINDINGS then IMPRESSION."""
-        parts = []
-        if self.findings:
-            parts.append(f"FINDINGS: {self.findings}")
-        if self.impression:
-            parts.append(f"IMPRESSION: {self.impression}")
-        return "\n".join(parts)
+        """The report text the pipeline works on: FINDINGS then IMPRESSION, with their headers."""
+        from kdistill.data.sections import report_text
+
+        return report_text(self.findings, self.impression)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

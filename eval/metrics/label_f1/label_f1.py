@@ -15,7 +15,8 @@ import datasets
 import evaluate
 import numpy as np
 
-from eval.label_f1 import get_labeler, label_f1, report_label_metrics
+from eval.label_f1 import label_f1, report_label_metrics
+from kdistill.labeler import get_labeler
 
 _CITATION = "Smit et al., CheXbert (EMNLP 2020); f1chexbert (Delbrouck et al.) for the report-generation conventions."
 

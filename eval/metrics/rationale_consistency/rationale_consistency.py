@@ -6,13 +6,14 @@
 A finding counts as mentioned when its label is 1 or -1; returns micro precision, recall and F1 of
 the rationale's mentioned findings against the study's. Rationale texts can be given instead of
 label rows (``predictions`` as strings) and are then labelled by ``kdistill.labeler``. The one
-implementation is ``eval.label_f1.rationale_consistency``.
+implementation is ``kdistill.labeler.consistency.consistency_scores``.
 """
 import datasets
 import evaluate
 import numpy as np
 
-from eval.label_f1 import get_labeler, rationale_consistency
+from kdistill.labeler import get_labeler
+from kdistill.labeler.consistency import consistency_scores
 
 
 class RationaleConsistency(evaluate.Metric):
@@ -34,10 +35,7 @@ class RationaleConsistency(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, chexbert_checkpoint=None, chexbert_tokenizer=None):
-        label_fn = None
         if len(predictions) and isinstance(predictions[0], str):
             label_fn, _ = get_labeler(chexbert_checkpoint, chexbert_tokenizer)
-            predictions = list(predictions)
-        else:
-            predictions = np.asarray(predictions, dtype=np.float64)
-        return rationale_consistency(predictions, np.asarray(references, dtype=np.float64), label_fn)
+            predictions = label_fn(list(predictions))
+        return consistency_scores(np.asarray(predictions, dtype=np.float64), np.asarray(references, dtype=np.float64))

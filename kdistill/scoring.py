@@ -1,0 +1,127 @@
+"""Scoring shared by training and evaluation: ROC AUC, per-finding operating thresholds, and the
+checkpoint's ``thresholds.json``.
+
+One home, so the student's validation, its checkpoint and ``kdistill eval`` agree on the same
+scores. ``eval.classification`` builds the full metric set (bootstrap, F1, calibration) on top.
+
+AUC is the Mann-Whitney statistic (ties count one half), equal to
+``sklearn.metrics.roc_auc_score``; micro-AUC pools every counted (study, finding) entry into one
+ROC, macro-AUC averages the findings that have both classes.
+
+Operating thresholds: per finding, the score t maximising F1 on validation, predicting positive
+when p >= t. Candidates are the distinct validation scores. **Tie rule: among thresholds with
+the same F1 the highest wins** (fewest positive calls for the same F1, so fewer false alarms).
+A finding without a counted positive keeps ``default`` (0.5) and is named.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from kdistill.errors import DataError
+from kdistill.io import write_json
+from kdistill.labels import FINDINGS, NUM_FINDINGS
+
+THRESHOLDS_FILE = "thresholds.json"
+
+
+def binary_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of one binary problem; NaN when ``y`` has a single class."""
+    y = np.asarray(y).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def auc_summary(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """``micro_auc`` over every counted entry, ``macro_auc`` over the findings with both classes
+    (NaN when none), and ``auc_findings``, how many findings the macro mean covers."""
+    probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets)
+    keep = np.asarray(mask) > 0
+    micro = binary_auc(targets[keep], probs[keep])
+    per = [binary_auc(targets[keep[:, c], c], probs[keep[:, c], c]) for c in range(probs.shape[1])]
+    per = [a for a in per if not math.isnan(a)]
+    return {"micro_auc": micro, "macro_auc": float(np.mean(per)) if per else math.nan, "auc_findings": len(per)}
+
+
+def choose_thresholds(probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None,
+                      default: float = 0.5) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-finding F1-optimal thresholds (see the module docstring for the tie rule).
+
+    Returns (thresholds (14,), the F1 each reaches on validation (NaN where defaulted), the names
+    of the findings that kept ``default`` because they have no counted positive).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y).astype(bool)
+    mask = np.ones(y.shape, bool) if mask is None else np.asarray(mask).astype(bool)
+    if probs.shape != y.shape or probs.ndim != 2 or probs.shape[1] != NUM_FINDINGS:
+        raise ValueError(f"probabilities {probs.shape} and targets {y.shape} must both be (n, {NUM_FINDINGS})")
+    thresholds = np.full(NUM_FINDINGS, default, dtype=np.float64)
+    best_f1 = np.full(NUM_FINDINGS, np.nan)
+    defaulted: list[str] = []
+    for j, finding in enumerate(FINDINGS):
+        p, t = probs[mask[:, j], j], y[mask[:, j], j]
+        if not t.any():
+            defaulted.append(finding)
+            continue
+        order = np.argsort(-p, kind="stable")
+        p_sorted, t_sorted = p[order], t[order]
+        tp, fp = np.cumsum(t_sorted), np.cumsum(~t_sorted)
+        last = np.r_[np.nonzero(np.diff(p_sorted))[0], p_sorted.size - 1]  # last index of each distinct score
+        f1 = 2 * tp[last] / (2 * tp[last] + fp[last] + (t.sum() - tp[last]))
+        best = int(np.flatnonzero(f1 == f1.max())[0])  # scores descend: the first is the highest threshold
+        thresholds[j], best_f1[j] = p_sorted[last[best]], f1[best]
+    return thresholds, best_f1, defaulted
+
+
+def save_thresholds(out_dir: str | Path, thresholds: np.ndarray, **extra: Any) -> Path:
+    """``out_dir/thresholds.json``: {"findings": [...14], "thresholds": [...14], **extra}."""
+    values = [float(t) for t in np.asarray(thresholds, dtype=np.float64)]
+    if len(values) != NUM_FINDINGS or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"need {NUM_FINDINGS} finite thresholds, got {values}")
+    path = Path(out_dir) / THRESHOLDS_FILE
+    write_json(path, {"findings": list(FINDINGS), "thresholds": values, **extra})
+    return path
+
+
+def read_thresholds(folder: str | Path) -> np.ndarray | None:
+    """A folder's ``thresholds.json`` as 14 floats in ``FINDINGS`` order, or None when it has none.
+
+    Accepted forms: the file :func:`save_thresholds` writes, ``{finding: t}``, or a list of 14.
+    Anything else (not JSON, a wrong count, a non-number) is a ``DataError`` naming the file.
+    """
+    path = Path(folder) / THRESHOLDS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(path, f"not valid JSON: {err}") from None
+    if isinstance(data, dict) and "thresholds" in data:
+        names = data.get("findings")
+        data = data["thresholds"]
+        if names is not None and isinstance(data, list) and list(names) != list(FINDINGS):
+            raise DataError(path, "its 'findings' are not the 14 findings in kdistill.labels.FINDINGS order")
+    if isinstance(data, dict):
+        missing = [f for f in FINDINGS if f not in data]
+        if missing:
+            raise DataError(path, f"no threshold for {', '.join(missing)}")
+        data = [data[f] for f in FINDINGS]
+    if not isinstance(data, list) or len(data) != NUM_FINDINGS:
+        raise DataError(path, f"expected {{finding: threshold}} or a list of {NUM_FINDINGS} thresholds")
+    try:
+        values = np.array([float(v) for v in data])
+    except (TypeError, ValueError):
+        raise DataError(path, f"thresholds must be numbers, got {data}") from None
+    if not np.isfinite(values).all():
+        raise DataError(path, "thresholds must be finite numbers")
+    return values
