@@ -3,7 +3,7 @@
 The CSVs have one row per image: ``Path`` (e.g.
 ``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``), ``Frontal/Lateral``,
 ``AP/PA`` and the 14 findings (same names as MIMIC, another column order; 1.0/0.0/-1.0/blank).
-``ROOT`` is the folder holding the CSVs; a ``Path`` is resolved against ROOT, or ROOT's parent
+``ROOT`` is the folder holding the CSVs (each may be gzipped); a ``Path`` is resolved against ROOT, or ROOT's parent
 (paths start with the dataset folder's name), or ROOT with the first component dropped.
 
 Ids: subject ``patient00001``, study ``patient00001_study1``. Splits: train.csv -> "train",
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -50,15 +51,18 @@ def load_chexpert(
         if split not in CSV_FILES:
             raise ValueError(f"unknown split {split!r}; known: {', '.join(CSV_FILES)}")
         path = root / CSV_FILES[split]
+        if not path.is_file() and path.with_name(path.name + ".gz").is_file():
+            path = path.with_name(path.name + ".gz")
         if not path.is_file():
             if split == "test" and splits is None:
                 continue  # the public release has no test labels
-            raise DataError(path, "file not found")
+            raise DataError(path, "file not found (looked for .csv and .csv.gz)")
         rows = read_table(path, REQUIRED + FINDINGS, counter)
-        grouped: dict[str, list[tuple[str, Path, dict[str, str]]]] = collections.OrderedDict()
+        resolve = _Resolver(root)
+        grouped: dict[str, list[tuple[str, str, dict[str, str]]]] = collections.OrderedDict()
         for row in rows:
             rel = row["Path"].strip()
-            parts = Path(rel).parts
+            parts = rel.replace("\\", "/").split("/")
             if len(parts) < 3 or not parts[-3].startswith("patient") or not parts[-2].startswith("study"):
                 counter(DataError(path, f"line {row['_line']}: Path {rel!r} is not .../patientN/studyN/view.jpg"),
                         kind="bad_path")
@@ -67,7 +71,7 @@ def load_chexpert(
             if view_rank is not None and view not in view_rank:
                 continue
             study_id = f"{parts[-3]}_{parts[-2]}"
-            grouped.setdefault(study_id, []).append((view, _resolve(root, rel), row))
+            grouped.setdefault(study_id, []).append((view, resolve(rel, parts), row))
         for study_id, items in grouped.items():
             study = _build(path, study_id, split, items, view_rank, images, counter, check_images)
             if study is not None:
@@ -81,12 +85,39 @@ def _view(row: dict[str, str]) -> str:
     return row["AP/PA"].strip().upper() or "FRONTAL"
 
 
-def _resolve(root: Path, rel: str) -> Path:
-    parts = Path(rel).parts
-    for candidate in (root / rel, root.parent / rel, root.joinpath(*parts[1:])):
-        if candidate.is_file():
-            return candidate
-    return root.joinpath(*parts[1:]) if parts and parts[0] == root.name else root / rel
+class _Resolver:
+    """A CSV ``Path`` -> the image file: ROOT/Path, ROOT's parent/Path, or ROOT/Path without its
+    first component (the dataset folder's name, ``CheXpert-v1.0-small/train/...``). The first form
+    that finds a file is used for every later row of the file (one stat per row at most, not three,
+    on 200k rows)."""
+
+    def __init__(self, root: Path):
+        self.root = str(root)
+        self.rule: int | None = None
+        self.misses = 0
+
+    def _candidate(self, rule: int, rel: str, parts: list[str]) -> str:
+        if rule == 0:
+            return os.path.join(self.root, rel)
+        if rule == 1:
+            return os.path.join(os.path.dirname(self.root), rel)
+        return os.path.join(self.root, *parts[1:])
+
+    def __call__(self, rel: str, parts: list[str]) -> str:
+        if self.rule is not None:
+            return self._candidate(self.rule, rel, parts)
+        for rule in (0, 1, 2):
+            candidate = self._candidate(rule, rel, parts)
+            if os.path.isfile(candidate):
+                self.rule, self.misses = rule, 0
+                return candidate
+        # not on disk: the dataset folder's name as first component means ROOT is that folder; after
+        # 32 misses in a row (images elsewhere, or not checked) stop probing
+        fallback = 2 if parts and parts[0] == os.path.basename(self.root) else 0
+        self.misses += 1
+        if self.misses >= 32:
+            self.rule = fallback
+        return self._candidate(fallback, rel, parts)
 
 
 def _build(csv_path, study_id, split, items, view_rank, images, counter, check_images):
@@ -94,7 +125,7 @@ def _build(csv_path, study_id, split, items, view_rank, images, counter, check_i
         items = sorted(items, key=lambda it: view_rank[it[0]])
     kept = []
     for view, image_path, row in items:
-        if check_images and not image_path.is_file():
+        if check_images and not os.path.isfile(image_path):
             counter(DataError(image_path, f"image of study {study_id} not found"), kind="missing_image")
             continue
         kept.append((view, image_path, row))
@@ -117,17 +148,17 @@ def _build(csv_path, study_id, split, items, view_rank, images, counter, check_i
         study_id=normalize_id(study_id),
         subject_id=subject_id,
         split=split,
-        image_paths=[str(p) for _, p, _ in kept],
+        image_paths=[p for _, p, _ in kept],
         view=kept[0][0],
         labels=labels if labels else [math.nan] * len(FINDINGS),
-        dicom_ids=[Path(p).stem for _, p, _ in kept],
+        dicom_ids=[os.path.splitext(os.path.basename(p))[0] for _, p, _ in kept],
     )
 
 
 register(Source(
     name="chexpert",
     loader=load_chexpert,
-    index_files=tuple(CSV_FILES.values()),
+    index_files=(*CSV_FILES.values(), *(f"{name}.gz" for name in CSV_FILES.values())),
     has_reports=False,
     description="CheXpert v1.0 / v1.0-small (train.csv, valid.csv)",
 ))

@@ -91,7 +91,7 @@ def open_source(name: str, root: str | Path, **options: Any) -> DataSource:
     return DataSource(name, Path(root).expanduser(), {k: v for k, v in options.items() if v is not None})
 
 
-BUILTIN_MODULES = ("kdistill.data.mimic", "kdistill.data.chexpert")
+BUILTIN_MODULES = ("kdistill.data.mimic", "kdistill.data.chexpert", "kdistill.data.nih")
 
 
 def _load_builtin() -> None:

@@ -32,6 +32,8 @@ class Study:
     labels: list[float] = dataclasses.field(default_factory=lambda: [math.nan] * NUM_FINDINGS)
     rois: list[Roi] = dataclasses.field(default_factory=list)
     dicom_ids: list[str] = dataclasses.field(default_factory=list)
+    # What a source knows beyond the contract (NIH: its own labels, age, sex, follow-up number)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def report(self) -> str:
