@@ -48,9 +48,14 @@ class Predictions:
 def read_predictions(path: str | Path) -> Predictions:
     """A CSV or JSONL predictions file -> :class:`Predictions`; any problem is a ``DataError``."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder; --predictions takes a CSV or JSONL file")
     if not path.is_file():
         raise DataError(path, "predictions file not found")
-    rows = _read_jsonl(path) if path.suffix.lower() in (".jsonl", ".json") else _read_csv(path)
+    try:
+        rows = _read_jsonl(path) if path.suffix.lower() in (".jsonl", ".json") else _read_csv(path)
+    except UnicodeDecodeError as err:
+        raise DataError(path, _not_utf8(path, err)) from None
     if not rows:
         raise DataError(path, "no predictions in the file")
     ids: list[str] = []
@@ -84,8 +89,17 @@ def read_predictions(path: str | Path) -> Predictions:
     return Predictions(str(path), ids, probs, reports if report_key else None, rationales if has_rationale else None)
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> str:
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    guess = ("it looks like UTF-16 (it starts with a byte-order mark)" if head[:2] in (b"\xff\xfe", b"\xfe\xff")
+             else f"byte {err.object[err.start]:#04x} at offset {err.start} is not UTF-8 (latin-1 / Windows-1252?)")
+    return f"not UTF-8 text: {guess}; save the file as UTF-8"
+
+
 def _read_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    with path.open(newline="") as fh:
+    # utf-8-sig: a UTF-8 byte-order mark (as spreadsheet programs write) is not part of the header
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
@@ -104,7 +118,7 @@ def _read_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    with path.open() as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -192,14 +206,26 @@ def predictions_from_checkpoint(
         reports += [str(r) for r in result.get("reports") or [""] * len(images)]
         rationales += [str(r) for r in result.get("rationales") or [""] * len(images)]
     preds = Predictions(str(checkpoint), list(ref.study_ids), np.concatenate(probs), reports, rationales)
+    _refuse_nonfinite(preds)
 
     # the noise study needs probabilities only: skip text generation when the model allows it
     quiet = {"texts": False} if "texts" in inspect.signature(model.predict).parameters else {}
 
     def predict_probs(images: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(images, **quiet)["probs"], dtype=np.float64)
+        out = np.asarray(model.predict(images, **quiet)["probs"], dtype=np.float64)
+        if not np.isfinite(out).all():
+            raise DataError(checkpoint, "the model gave non-finite probabilities on noisy images")
+        return out
 
     return preds, predict_probs, lambda: _batches(ref, rows, batch_size, size)
+
+
+def _refuse_nonfinite(preds: Predictions) -> None:
+    """NaN probabilities are refused where they would become metrics or files, naming the studies."""
+    bad = [s for s, row in zip(preds.study_ids, preds.probs) if not np.isfinite(row).all()]
+    if bad:
+        raise DataError(preds.source, f"the model gave non-finite probabilities for {len(bad)} studies "
+                                      f"(e.g. {', '.join(bad[:5])}); check their images")
 
 
 def _batches(ref: ReferenceSet, rows: Sequence[int], batch_size: int, size: int | None) -> Iterator[np.ndarray]:

@@ -32,13 +32,18 @@ from eval.references import ReferenceSet, load_references
 from kdistill import scoring
 from kdistill.data.sections import strip_headers
 from kdistill.errors import DataError
-from kdistill.io import write_json
+from kdistill.io import nonfinite_to_none, write_json
+from kdistill.outputs import own_output, pop_overwrite
 from kdistill.labeler.consistency import consistency_scores
 from kdistill.labels import FINDINGS, NUM_FINDINGS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGMAS = (0.01, 0.05, 0.1)
+# What marks a folder as this command's output (kdistill.outputs.claim_folder); a student
+# checkpoint has a metrics.json too, but no summary.md.
+MARKERS = (("metrics.json", "summary.md"),)
+KIND = "evaluation folder"
 METEOR_NOTE = "not computed: its reference implementation needs Java and WordNet, which kdistill does not ship"
 
 
@@ -174,7 +179,7 @@ def write_outputs(metrics: dict[str, float | str], notes: Sequence[str], preds: 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", _json_ready(metrics), sort_keys=True)
+    write_json(out_dir / "metrics.json", nonfinite_to_none(metrics), sort_keys=True)
     y, mask = classification.targets(ref.labels, uncertain=uncertain)
     report.plot_roc(preds.probs, y, mask, out_dir / "roc.png")
     report.plot_reliability(preds.probs, y, mask, out_dir / "reliability.png")
@@ -183,11 +188,6 @@ def write_outputs(metrics: dict[str, float | str], notes: Sequence[str], preds: 
 
 
 # --------------------------------------------------------------------------- command and stage
-
-
-def _json_ready(metrics: dict[str, float | str]) -> dict[str, float | str | None]:
-    """Metrics for JSON: a non-finite number (an undefined metric) becomes null, never a bare NaN."""
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()}
 
 
 @dataclasses.dataclass
@@ -250,7 +250,8 @@ def run_stage(cfg: EvalConfig, ctx) -> dict:
     ref = load_references(ctx.data, prepared, cfg.split)
     val = _maybe(lambda: load_references(ctx.data, prepared, "validate"))
     seed = ctx.seed if cfg.seed is None else cfg.seed
-    metrics = evaluate_checkpoint(checkpoint, ref, ctx.stage_dir("eval"), cfg, seed=seed, validate_ref=val)
+    with own_output(ctx.stage_dir("eval"), KIND, MARKERS):
+        metrics = evaluate_checkpoint(checkpoint, ref, ctx.stage_dir("eval"), cfg, seed=seed, validate_ref=val)
     headline = {k.split("/", 1)[1]: v for k, v in metrics.items()
                 if isinstance(v, float) and k.split("/", 1)[1] in _HEADLINE_KEYS}
     return {**headline, "metrics": str(ctx.stage_dir("eval") / "metrics.json")}
@@ -269,7 +270,7 @@ def _maybe(build: Callable[[], ReferenceSet]) -> ReferenceSet | None:
 
 
 def main(argv: list[str] | None = None, prog: str = "kdistill eval") -> int:
-    from kdistill.command import add_config_arguments, data_source, stage_config
+    from kdistill.command import add_config_arguments, stage_config
 
     parser = argparse.ArgumentParser(prog=prog, description="Score a predictions file or a student checkpoint: "
                                      "AUC, F1, report label F1, BLEU/ROUGE-L/CIDEr-D, noise robustness.")
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None, prog: str = "kdistill eval") -> int:
                         help="predictions on the validate split: per-finding thresholds are chosen on them (else 0.5)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--allow-missing", action="store_true", help="score only the studies that have predictions")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out even when it holds files that are not an evaluation's")
     # kept one more release; each is the override named in its help
     parser.add_argument("--split", help="deprecated: split=NAME")
     parser.add_argument("--bootstrap", type=int, help="deprecated: n_bootstrap=N")
@@ -294,6 +297,7 @@ def main(argv: list[str] | None = None, prog: str = "kdistill eval") -> int:
     parser.add_argument("--seed", type=int, help="deprecated: seed=N")
     add_config_arguments(parser, "eval", example="split=validate n_bootstrap=200 batch_size=32")
     args = parser.parse_intermixed_args(argv)
+    overwrite = pop_overwrite(args.overrides) or args.overwrite
     if args.checkpoint is not None and args.validate_predictions is not None:
         parser.error("--validate-predictions goes with --predictions; a checkpoint brings its own thresholds.json "
                      "(or is run on the validate split)")
@@ -302,6 +306,13 @@ def main(argv: list[str] | None = None, prog: str = "kdistill eval") -> int:
               "--seed": "seed"}
     flags = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, key in legacy.items()}
     cfg = stage_config(EvalConfig, args, "eval", flags=flags, deprecated=legacy)
+    with own_output(args.out, KIND, MARKERS, overwrite):
+        return _score_command(args, cfg)
+
+
+def _score_command(args: argparse.Namespace, cfg: EvalConfig) -> int:
+    from kdistill.command import data_source
+
     seed = cfg.seed or 0
     data = data_source(args)
     ref = load_references(data, args.prepared, cfg.split)

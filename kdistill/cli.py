@@ -37,6 +37,10 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -54,7 +58,16 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 return int(importlib.import_module(module).main(argv[len(words):], prog=prog) or 0)
             except (DataError, ConfigError) as err:
-                print(f"{prog}: error: {err}", file=sys.stderr)
+                print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+                return 1
+            except OSError as err:
+                # The filesystem's answer about a named file (permission denied, disk full, no
+                # such folder) is the user's to act on: one sentence, not a traceback. An
+                # OSError without a file name is left to propagate (it is a bug to report).
+                if err.filename is None:
+                    raise
+                where = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+                print(f"{prog}: error: {where}: {err.strerror or err}", file=sys.stderr)
                 return 1
     print(f"kdistill: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
     return 2

@@ -12,17 +12,35 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from kdistill.errors import DataError
+
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _check_destination(path: Path, expected: str) -> None:
+    """A destination of the wrong type is the user's mistake, said in a sentence (os.replace
+    would fail with IsADirectoryError / NotADirectoryError after the work was done)."""
+    if expected == "a file" and path.is_dir():
+        raise DataError(path, "is a folder; a file is written here (choose another path)")
+    if expected == "a folder" and path.exists() and not path.is_dir():
+        raise DataError(path, "is a file; a folder is written here (choose another path)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(parent, f"is a file, so {path} cannot be written below it")
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager
@@ -34,7 +52,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_destination(path, "a file")
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -67,6 +85,19 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2, **kwargs: Any
     write_text_atomic(path, text + "\n")
 
 
+def nonfinite_to_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (an undefined metric, such as an AUC of one class)
+    replaced by None, recursively through dicts, lists and tuples: JSON's null, never a bare NaN.
+    Only for figures that may be undefined; probabilities must be finite and are refused instead."""
+    if isinstance(obj, float) or (hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0 and obj.dtype.kind == "f"):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, dict):
+        return {k: nonfinite_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nonfinite_to_none(v) for v in obj]
+    return obj
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; when the block succeeds it becomes ``path``.
@@ -77,7 +108,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     removed and ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_destination(path, "a folder")
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp

@@ -3,8 +3,19 @@
 A stage is a module with a config dataclass (named in ``STAGES``: ``StudentTrainConfig`` for the
 ``student`` stage, ...) and ``run_stage(cfg, ctx) -> dict`` (the figures it wants in
 ``summary.json``). A finished stage leaves ``.stage.json`` in its
-folder with a hash of its config and of every upstream stage's hash; a rerun with the same
-hash is skipped, a changed upstream reruns everything after it.
+folder with a hash of its config and of every upstream stage's hash, and a record of every file
+it wrote (``kdistill.outputs.manifest``: sizes, hashes of small files, mtimes of big ones); a
+rerun with the same hash whose files are all still as recorded is skipped, a changed upstream
+reruns everything after it, and a stage whose files were deleted, truncated or replaced runs
+again. A stage interrupted mid-way (state "running", same hash) keeps its partial outputs, so it
+resumes from its own checkpoints.
+
+One run at a time per folder: the run folder and each stage folder are locked
+(``kdistill.locks``) while they are written, and a run folder that holds files but is not a
+kdistill run folder (no ``.kdistill-run.json`` and no stage marker) is refused unless
+``--overwrite``. ``summary.json`` records what the run's figures depend on besides the config
+(library versions, torch's CPU capability and threads): the same config on the same machine
+gives the same weights and metrics.
 """
 from __future__ import annotations
 
@@ -13,12 +24,16 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from kdistill import config as cfglib
+from kdistill.io import nonfinite_to_none, write_json, write_text_atomic
+from kdistill.locks import output_lock
 from kdistill.log import setup_logging
+from kdistill.outputs import BOOKKEEPING, claim_folder, manifest, manifest_problems, pop_overwrite
 
 log = logging.getLogger("kdistill.run")
 
@@ -46,6 +61,12 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 # Stages that read report text: skipped on a source without reports (CheXpert, NIH).
 TEXT_STAGES = ("teacher_pretrain", "teacher_train", "teacher_generate")
 MARKER = ".stage.json"
+RUN_MARKER = ".kdistill-run.json"
+# A run folder is recognised by its run marker, or (made before there was one) a stage marker.
+RUN_MARKERS = (RUN_MARKER, f"*/{MARKER}", f"*/*/{MARKER}")
+# Libraries whose versions the figures depend on (recorded in summary.json).
+KEY_LIBRARIES = ("torch", "numpy", "accelerate", "transformers", "tokenizers", "datasets", "pyarrow", "safetensors",
+                 "peft", "open_clip_torch", "timm", "pillow", "pydicom", "scipy", "scikit-learn")
 
 
 @dataclasses.dataclass
@@ -119,10 +140,23 @@ UP_TO_DATE = "skipped (up to date)"
 NO_TEXT = "skipped: the data source has no report text"
 
 
-def run(run_cfg: RunConfig, run_dir: Path, source: str = "<config>", force: bool = False) -> dict[str, Any]:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def run(run_cfg: RunConfig, run_dir: Path, source: str = "<config>", force: bool = False,
+        overwrite: bool = False) -> dict[str, Any]:
+    """Run the selected stages into ``run_dir`` (locked for the run; refused when it holds files
+    but is not a run folder, unless ``overwrite``); returns summary.json's content."""
+    run_dir = Path(run_dir)
+    claim_folder(run_dir, "run folder", RUN_MARKERS, overwrite)
+    with output_lock(run_dir, "run folder"):
+        claim_folder(run_dir, "run folder", RUN_MARKERS, overwrite)
+        return _run_locked(run_cfg, run_dir, source, force)
+
+
+def _run_locked(run_cfg: RunConfig, run_dir: Path, source: str, force: bool) -> dict[str, Any]:
     setup_logging(file=run_dir / "run.log")
-    cfglib.write_text_atomic(run_dir / "config.yaml", _yaml(cfglib.to_dict(run_cfg)))
+    if not (run_dir / RUN_MARKER).is_file():
+        write_json(run_dir / RUN_MARKER, {"kind": "kdistill run folder", "name": run_cfg.name,
+                                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_text_atomic(run_dir / "config.yaml", _yaml(cfglib.to_dict(run_cfg)))
     ctx = RunContext(run_dir=run_dir, name=run_cfg.name, seed=run_cfg.seed)
     wanted = run_cfg.stages or list(STAGE_NAMES)
     hashes: dict[str, str] = {}
@@ -130,16 +164,50 @@ def run(run_cfg: RunConfig, run_dir: Path, source: str = "<config>", force: bool
     started = time.time()
     for stage in STAGES:
         status[stage.name] = _run_stage(stage, run_cfg, ctx, wanted, status, hashes, source, force)
-    result = {"name": run_cfg.name, "stages": status, "outputs": ctx.outputs, "wall_s": round(time.time() - started, 1)}
-    cfglib.write_text_atomic(run_dir / "summary.json", json.dumps(result, indent=2, default=str) + "\n")
+    result = {"name": run_cfg.name, "stages": status, "outputs": ctx.outputs, "wall_s": round(time.time() - started, 1),
+              "environment": environment()}
+    write_json(run_dir / "summary.json", nonfinite_to_none(result), default=str)
     return result
+
+
+def environment() -> dict[str, Any]:
+    """What one machine's figures depend on besides the config: interpreter, library versions,
+    torch's CPU kernels (``get_cpu_capability``: AVX2 and AVX512 sum in other orders) and threads."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    versions = {}
+    for name in KEY_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["torch"] = torch.__version__  # with its build tag (+cu130, +cpu)
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "libraries": versions,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
 
 
 def _run_stage(stage: Stage, run_cfg: RunConfig, ctx: RunContext, wanted: list[str], status: dict[str, str],
                hashes: dict[str, str], source: str, force: bool) -> str:
     """Run one stage, or say why not; returns its status. A stage whose config and upstream are
-    unchanged since it finished is skipped; one that needs report text is skipped, by name, on a
-    source without reports (the stages after it run without its outputs)."""
+    unchanged since it finished, and whose files are as it left them, is skipped; one that needs
+    report text is skipped, by name, on a source without reports (the stages after it run
+    without its outputs)."""
     if stage.name not in wanted:
         return "not selected"
     if stage.name in TEXT_STAGES and not ctx.outputs.get("data", {}).get("has_reports", True):
@@ -155,36 +223,71 @@ def _run_stage(stage: Stage, run_cfg: RunConfig, ctx: RunContext, wanted: list[s
                                  "upstream": {n: hashes.get(n) for n in needs}})
     hashes[stage.name] = digest
     out = ctx.stage_dir(stage.name)
+    with output_lock(out, f"the {stage.name} stage's folder"):
+        return _run_stage_locked(stage, cfg, ctx, digest, out, force)
+
+
+def _run_stage_locked(stage: Stage, cfg: Any, ctx: RunContext, digest: str, out: Path, force: bool) -> str:
     marker = out / MARKER
-    previous = json.loads(marker.read_text()) if marker.is_file() else {}
+    previous = _read_marker(marker)
     if not force and previous.get("hash") == digest and previous.get("state", "done") == "done":
-        ctx.outputs[stage.name] = previous.get("summary", {})
-        log.info("stage %s: up to date, skipped", stage.name)
-        return UP_TO_DATE
-    if previous and (force or previous.get("hash") != digest):
+        problems = _output_problems(out, previous)
+        if not problems:
+            ctx.outputs[stage.name] = previous.get("summary", {})
+            log.info("stage %s: up to date, skipped", stage.name)
+            return UP_TO_DATE
+        # Its own outputs, damaged: they are not resumed from.
+        log.warning("stage %s: its outputs are not as it left them (%s); running it again", stage.name,
+                    "; ".join(problems))
+        _clear_stage_folder(out, ctx.run_dir)
+    elif previous and (force or previous.get("hash") != digest):
         # Outputs of another config are stale: a stage must not resume from them. An
         # interrupted run of the same config (state "running") keeps its partial outputs.
         _clear_stage_folder(out, ctx.run_dir)
         log.info("stage %s: config changed, cleared %s", stage.name, out)
     log.info("stage %s: running -> %s", stage.name, out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfglib.write_text_atomic(marker, json.dumps({"stage": stage.name, "hash": digest, "state": "running"}))
+    write_json(marker, {"stage": stage.name, "hash": digest, "state": "running"}, indent=None)
     t0 = time.time()
     summary = importlib.import_module(stage.module).run_stage(cfg, ctx) or {}
-    summary = {**summary, "wall_s": round(time.time() - t0, 1)}
+    summary = nonfinite_to_none({**summary, "wall_s": round(time.time() - t0, 1)})
     ctx.outputs[stage.name] = summary
-    cfglib.write_text_atomic(marker, json.dumps({"stage": stage.name, "hash": digest, "state": "done",
-                                                 "summary": summary}, indent=2, default=str))
+    write_json(marker, {"stage": stage.name, "hash": digest, "state": "done", "summary": summary,
+                        "outputs": manifest(out, exclude=_nested_folders(out, ctx.run_dir))}, default=str)
     log.info("stage %s: done in %.1fs", stage.name, summary["wall_s"])
     return "done"
+
+
+def _read_marker(marker: Path) -> dict[str, Any]:
+    """A stage marker's content; {} when there is none, and an unreadable one counts as made by
+    another config (so its folder is cleared, not resumed from)."""
+    if not marker.is_file():
+        return {}
+    try:
+        blob = json.loads(marker.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        blob = None
+    return blob if isinstance(blob, dict) else {"state": "unreadable"}
+
+
+def _output_problems(out: Path, previous: dict[str, Any]) -> list[str]:
+    if not isinstance(previous.get("outputs"), dict):
+        return ["its marker holds no record of its files (written by an older kdistill)"]
+    return manifest_problems(out, previous["outputs"])
+
+
+def _nested_folders(out: Path, run_dir: Path) -> set[Path]:
+    """Other stages' folders inside ``out`` (teacher/base inside teacher): not this stage's files."""
+    return {(run_dir / s.folder).resolve() for s in STAGES} - {out.resolve()}
 
 
 def _clear_stage_folder(out: Path, run_dir: Path) -> None:
     """Empty a stage's folder, keeping the folders of other stages nested in it (teacher/base)."""
     import shutil
 
-    nested = {(run_dir / s.folder).resolve() for s in STAGES} - {out.resolve()}
+    nested = _nested_folders(out, run_dir)
     for entry in out.iterdir():
+        if entry.name in BOOKKEEPING:
+            continue
         if entry.resolve() in nested:
             continue
         if entry.is_dir() and not entry.is_symlink():
@@ -213,10 +316,13 @@ def main(argv: list[str] | None = None, prog: str = "kdistill run") -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.max_steps=50")
     parser.add_argument("--out", help="run folder (default runs/<config name>/)")
     parser.add_argument("--force", action="store_true", help="rerun stages even when up to date")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out even when it holds files that are not a kdistill run folder")
     args = parser.parse_intermixed_args(argv)
+    overwrite = pop_overwrite(args.overrides) or args.overwrite
     run_cfg = load_run_config(args.config, args.overrides)
     run_dir = Path(args.out or Path("runs") / run_cfg.name)
-    result = run(run_cfg, run_dir, source=args.config, force=args.force)
+    result = run(run_cfg, run_dir, source=args.config, force=args.force, overwrite=overwrite)
     width = max(len(n) for n in result["stages"])
     print(f"run folder: {run_dir}")
     for name, state in result["stages"].items():

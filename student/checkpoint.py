@@ -35,9 +35,24 @@ def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
     tokenizer.save_pretrained(str(out_dir))
 
 
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors -> tensors; a truncated or corrupt file, or non-finite weights, is a
+    ``DataError`` naming it (non-finite weights would give NaN probabilities for every image)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DataError(path, f"truncated or corrupt safetensors file ({err})") from None
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise DataError(path, f"non-finite weights (NaN or infinity) in {', '.join(bad[:5])}")
+    return state
+
+
 def load(path: str | Path, device: str | torch.device = "cpu"):
     """A trained student from its checkpoint folder, in eval mode, thresholds set."""
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     from student.model import create_student
@@ -47,9 +62,11 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
         if not (path / name).is_file():
             raise DataError(path / name, "missing: not a student checkpoint folder (run `kdistill student train`)")
     try:
-        raw = json.loads((path / CONFIG).read_text())
-    except json.JSONDecodeError as err:
+        raw = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(path / CONFIG, f"not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise DataError(path / CONFIG, f"expected a JSON object (the student config), got {type(raw).__name__}")
     cfg = cfglib.from_dict(StudentConfig, raw, source=str(path / CONFIG))
     # The weights come from the checkpoint: never fetch the tower's pretrained ones again.
     cfg.vision_pretrained = None
@@ -57,9 +74,17 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise DataError(path, f"cannot load the tokenizer files: {err}") from None
-    model = create_student(cfg, tokenizer)
-    state = load_file(str(path / WEIGHTS))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        model = create_student(cfg, tokenizer)
+    except (ValueError, AssertionError, RuntimeError, KeyError) as err:
+        raise DataError(path / CONFIG, f"does not describe a buildable student: {err}") from None
+    state = _read_weights(path / WEIGHTS)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ: config.json and model.safetensors are of other models
+        sizes = [line.strip() for line in str(err).splitlines() if line.strip().startswith("size mismatch")]
+        raise DataError(path / WEIGHTS, f"weights do not fit {CONFIG} (another model's weights or config?): "
+                                        f"{'; '.join(sizes[:3]) or err}") from None
     if missing or unexpected:
         raise DataError(path / WEIGHTS, f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     thresholds = read_thresholds(path)

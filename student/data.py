@@ -216,6 +216,9 @@ def to_float_images(images: Sequence[np.ndarray | torch.Tensor], size: tuple[int
             t = t[0]
         if t.ndim != 2:
             raise DataError(None, f"expected a grayscale image (H, W) or (1, H, W), got shape {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):  # NaN pixels would come out as NaN probabilities
+            raise DataError(None, f"image {len(out)} of the batch has {int((~torch.isfinite(t)).sum())} non-finite "
+                                  "pixel values (NaN or infinity)")
         if tuple(t.shape) != tuple(size):
             t = F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False, antialias=True)[0, 0]
             resized += 1

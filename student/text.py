@@ -68,9 +68,11 @@ class TokenSpec:
         ``report_prompt``); the text keeps its own budget of ``max_len`` tokens, prompt included.
         """
         rows, labels = [], []
+        longest_prompt = len(self.prompts[task])
         for i, tokens in enumerate(token_lists):
             budget = max(0, max_len - len(self.prompts[task]) - 1)
             prompt = self.report_prompt(contexts[i]) if contexts is not None and task == "report" else self.prompts[task]
+            longest_prompt = max(longest_prompt, len(prompt))
             if tokens is None:
                 seq, lab = list(prompt), [IGNORE_INDEX] * len(prompt)
             else:
@@ -79,7 +81,10 @@ class TokenSpec:
                 lab = [IGNORE_INDEX] * len(prompt) + body
             rows.append(seq)
             labels.append(lab)
-        width = max(len(r) for r in rows)
+        # At least one position after the longest prompt, even when no row has a text (a batch
+        # whose rationales are all missing or inconsistent): the model reads the state at the last
+        # prompt token from a teacher-forced pass over ids[:, :-1], which needs that position.
+        width = max(max(len(r) for r in rows), longest_prompt + 1)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         lab_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.bool)

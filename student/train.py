@@ -31,13 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from kdistill import config as cfglib
 from kdistill import scoring
 from kdistill.errors import DataError
-from kdistill.io import write_json
+from kdistill.io import nonfinite_to_none, write_json
+from kdistill.outputs import own_output, pop_overwrite
 from kdistill.training import Checkpoints, cosine_schedule, set_num_threads
 from student import checkpoint as ckpt
 from student.augment import augment
@@ -94,28 +94,37 @@ class Run:
 
 # ----------------------------------------------------------------------------- the steps
 
+# What marks a folder as a student checkpoint this tool wrote (kdistill.outputs.claim_folder):
+# its training config, or a resumable state of an interrupted run.
+MARKERS = ("training_config.json", "checkpoints/step_*/state.json")
+
+
 def train(cfg: StudentTrainConfig, out_dir: str | Path, prepared, tokenizer, rationales=None, *,
           resume: bool | None = None, tokenizer_dir: str | Path | None = None,
-          rationale_path: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+          rationale_path: str | Path | None = None, seed: int = 0, prepared_path: str | Path | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train a student and write its checkpoint folder to ``out_dir``; returns metrics.json's content.
 
     ``prepared``: DatasetDict with train/validate splits (prepared-cache columns); ``rationales``:
     the teacher's rationale Dataset (needed when w_kd, w_emb or w_tok > 0). ``resume`` overrides
-    ``cfg.resume``.
+    ``cfg.resume``. ``out_dir`` must be new, empty or a student folder this tool wrote, unless
+    ``overwrite``; it is locked against other writers while training runs.
     """
     if resume is not None:
         cfg = dataclasses.replace(cfg, resume=resume)
-    run = setup(cfg, out_dir, prepared, tokenizer, rationales, tokenizer_dir, rationale_path, seed)
-    sanity = validate(run, max_batches=2)
-    if not math.isfinite(sanity["loss"]):
-        raise NonFiniteLoss(f"the sanity pass on two validation batches gave loss {sanity['loss']}")
-    log.info("sanity pass on 2 validation batches: loss %.4f", sanity["loss"])
-    fit(run)
-    return finish(run)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with own_output(out_dir, "student checkpoint folder", MARKERS, overwrite, enabled=main_process):
+        run = setup(cfg, out_dir, prepared, tokenizer, rationales, tokenizer_dir, rationale_path, seed, prepared_path)
+        sanity = validate(run, max_batches=2)
+        if not math.isfinite(sanity["loss"]):
+            raise NonFiniteLoss(f"the sanity pass on two validation batches gave loss {sanity['loss']}")
+        log.info("sanity pass on 2 validation batches: loss %.4f", sanity["loss"])
+        fit(run)
+        return finish(run)
 
 
 def setup(cfg: StudentTrainConfig, out_dir: str | Path, prepared, tokenizer, rationales,
-          tokenizer_dir, rationale_path, seed: int) -> Run:
+          tokenizer_dir, rationale_path, seed: int, prepared_path=None) -> Run:
     """Accelerator, datasets, model, loaders, optimizer and schedule; then the resumed state or a
     clean folder, the training config and the tokenizer written beside the checkpoint."""
     from accelerate.utils import set_seed
@@ -131,7 +140,7 @@ def setup(cfg: StudentTrainConfig, out_dir: str | Path, prepared, tokenizer, rat
     accelerator = _make_accelerator(cfg, out_dir)
     set_seed(seed)
 
-    data = build_datasets(cfg, prepared, tokenizer, rationales, tokenizer_dir, rationale_path)
+    data = build_datasets(cfg, prepared, tokenizer, rationales, tokenizer_dir, rationale_path, prepared_path)
     if len(data.train) < cfg.batch_size * accelerator.num_processes:
         raise DataError(None, f"{len(data.train)} training studies: fewer than one batch "
                               f"({cfg.batch_size} x {accelerator.num_processes} processes)")
@@ -256,7 +265,7 @@ def finish(run: Run) -> dict[str, Any]:
         "steps": state.step,
         "stopped_early": state.step < cfg.max_steps,
         "select_metric": cfg.select_metric,
-        "validation": {k: _finite_or_none(best_val.get(k)) for k in ("loss", "micro_auc", "macro_auc", "auc_findings")},
+        "validation": {k: nonfinite_to_none(best_val.get(k)) for k in ("loss", "micro_auc", "macro_auc", "auc_findings")},
         "train_images_seen": state.images,
         "resized_images": run.wrong_size,  # distinct studies per split whose image was not the model's size
         "resized_image_reads": resized,  # resize operations during training (every pass)
@@ -276,7 +285,7 @@ def finish(run: Run) -> dict[str, Any]:
         if "probs" in best_val:
             th, f1, defaulted = scoring.choose_thresholds(best_val["probs"], best_val["targets"], best_val["mask"])
             scoring.save_thresholds(out_dir, th, chosen_on="validate", defaulted=defaulted,
-                                    f1=[_finite_or_none(x) for x in f1])
+                                    f1=[nonfinite_to_none(x) for x in f1])
         write_json(out_dir / ckpt.METRICS, metrics, default=str)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -428,10 +437,6 @@ def _score(metrics: dict[str, Any], select: str) -> float:
     return -metrics["loss"] * 1e-6 if math.isnan(value) else value  # no AUC (one class): fall back on loss
 
 
-def _finite_or_none(value: Any) -> Any:
-    return None if isinstance(value, (float, np.floating)) and not math.isfinite(value) else value
-
-
 def _clear_previous_run(out_dir: Path, checkpoints: Checkpoints) -> None:
     """A fresh run in a used folder: drop the old run's states and results (only the files this
     module writes), so old step_N folders are neither kept as newest nor mistaken for resumable."""
@@ -466,9 +471,10 @@ class _CsvLog:
 # ----------------------------------------------------------------------------- entry points
 
 def train_from_paths(cfg: StudentTrainConfig, out_dir: str | Path, prepared: str | Path, tokenizer_dir: str | Path,
-                     rationales: str | Path | None, seed: int = 0) -> dict[str, Any]:
+                     rationales: str | Path | None, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     data, tokenizer, cache = load_inputs(cfg, prepared, tokenizer_dir, rationales)
-    return train(cfg, out_dir, data, tokenizer, cache, tokenizer_dir=tokenizer_dir, rationale_path=rationales, seed=seed)
+    return train(cfg, out_dir, data, tokenizer, cache, tokenizer_dir=tokenizer_dir, rationale_path=rationales, seed=seed,
+                 prepared_path=prepared, overwrite=overwrite)
 
 
 def run_stage(cfg: StudentTrainConfig, ctx) -> dict[str, Any]:
@@ -508,11 +514,15 @@ def main(argv: list[str] | None = None, prog: str = "kdistill student train") ->
     parser.add_argument("--out", required=True, help="output checkpoint folder")
     parser.add_argument("--resume", action="store_true", help="deprecated: resuming is the default (resume=true)")
     parser.add_argument("--seed", type=int, default=0, help="the run's seed (the config's seed wins when set)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out even when it holds files that are not a student checkpoint")
     add_config_arguments(parser, "student", example="max_steps=50 loss.kd=0")
     args = parser.parse_intermixed_args(argv)
+    overwrite = pop_overwrite(args.overrides) or args.overwrite
     cfg = stage_config(StudentTrainConfig, args, "student")
     try:
-        metrics = train_from_paths(cfg, args.out, args.prepared, args.tokenizer, args.rationales, args.seed)
+        metrics = train_from_paths(cfg, args.out, args.prepared, args.tokenizer, args.rationales, args.seed,
+                                   overwrite=overwrite)
     except NonFiniteLoss as err:
         print(f"{prog}: stopped: {err}", file=sys.stderr)
         return 1

@@ -33,15 +33,22 @@ class TrainingData(NamedTuple):
 
 
 def build_datasets(cfg: StudentTrainConfig, prepared, tokenizer, rationales=None, tokenizer_dir=None,
-                   rationale_path=None) -> TrainingData:
+                   rationale_path=None, prepared_path=None) -> TrainingData:
     """The train / validate splits of ``prepared`` with their texts tokenised and, when the loss
-    needs them, the teacher's rationales attached."""
+    needs them, the teacher's rationales attached. ``*_path``: the folders they came from, named
+    in errors."""
     from student.data import StudyDataset, check_rationale_tokenizer, coverage, rationale_index
     from student.text import TokenSpec
 
     for split in ("train", "validate"):
         if split not in prepared:
-            raise DataError(None, f"the prepared cache has no '{split}' split (has {list(prepared)})")
+            raise DataError(prepared_path, f"the prepared cache has no '{split}' split (has {list(prepared)})")
+        if len(prepared[split]) == 0:
+            # The student needs studies to learn from and a validation split to choose its
+            # weights and thresholds on.
+            raise DataError(prepared_path, f"the prepared cache's '{split}' split is empty "
+                                           f"({', '.join(f'{k}: {len(v)}' for k, v in prepared.items())} rows); "
+                                           "were its images all skipped? see meta.json's counts")
     rat_index, tok_check, model_cfg, inconsistent = None, "not used", dataclasses.replace(cfg.model), 0
     if model_cfg.report_context == "rationale" and not cfg.loss.kd:
         # Nothing would teach the student to write the rationale its reports follow.
@@ -64,6 +71,9 @@ def build_datasets(cfg: StudentTrainConfig, prepared, tokenizer, rationales=None
     train_ds = StudyDataset(prepared["train"], spec, rat_index, cfg.uncertain, cfg.blank, "train", *order)
     val_ds = StudyDataset(prepared["validate"], spec, rat_index, cfg.uncertain, cfg.blank, "validate", *order)
     cover = coverage(train_ds, inconsistent) if rat_index is not None else None
+    if cover and not cover["with_rationale"]:
+        raise DataError(rationale_path, _no_rationale_at_all(train_ds, rationales, cfg.consistent_rationales_only,
+                                                             prepared_path))
     if cover and cover["missing_rationale"]:
         msg = (f"{cover['missing_rationale']} of {cover['studies']} training studies have no rationale "
                f"(e.g. {', '.join(cover['missing_examples'])})")
@@ -75,6 +85,23 @@ def build_datasets(cfg: StudentTrainConfig, prepared, tokenizer, rationales=None
             raise DataError(rationale_path, "w_emb > 0 but the rationale cache has no embeddings")
         model_cfg.teacher_embed_dim = int(train_ds.teacher_embedding.shape[1])
     return TrainingData(train_ds, val_ds, model_cfg, cover, tok_check)
+
+
+def _no_rationale_at_all(train_ds, rationales, consistent_only: bool, prepared_path) -> str:
+    """Why no training study has a usable rationale: the cache's study ids are another
+    dataset's, or every matching rationale was left out as inconsistent."""
+    cache_ids = set(map(str, rationales.unique("study_id")))
+    matching = sum(1 for s in train_ds.study_ids if s in cache_ids)
+    mine = ", ".join(train_ds.study_ids[:3])
+    if not matching:
+        theirs = ", ".join(sorted(cache_ids)[:3])
+        return (f"the rationale cache's study ids do not match the prepared cache's ({prepared_path or 'given'}): none "
+                f"of its {len(cache_ids)} studies (e.g. {theirs}) is among the {len(train_ds)} training studies "
+                f"(e.g. {mine}); it was made for another dataset: generate it for this one")
+    if consistent_only:
+        return (f"all {matching} rationales of the training studies are inconsistent with their labels and are "
+                "left out (consistent_rationales_only); regenerate them, or set consistent_rationales_only=false")
+    return f"no training study has a usable rationale ({matching} rows match)"
 
 
 def load_inputs(cfg: StudentTrainConfig, prepared: str | Path, tokenizer_dir: str | Path,

@@ -10,6 +10,11 @@ Layout of a rationale folder::
 Each shard is written to a temp file and ``os.replace``-d in, so a killed run leaves only
 whole shards; a rerun reads the study ids already in shards and skips them, so every study is
 written exactly once. (``datasets.Dataset.from_generator`` cannot resume, hence our own shards.)
+
+One writer at a time: :func:`check_metadata` refuses a folder that holds files but no
+``cache.json`` (not a rationale cache), then takes the folder's lock (``kdistill.locks``), which
+:func:`merge` releases; a second ``teacher generate`` on the same folder meanwhile is refused,
+naming the holder.
 """
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from kdistill import config as cfglib
 from kdistill.errors import DataError
-from kdistill.io import atomic_dir, atomic_path
+from kdistill.io import atomic_dir, atomic_path, write_json
+from kdistill.locks import FolderLock
+from kdistill.outputs import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,9 @@ STUDENT_COLUMNS = ("study_id", "rationale", "embedding")
 META_FILE = "cache.json"
 # What must match between a cache and the current run (the rest of cache.json is information).
 META_KEYS = ("teacher_id", "adapter_hash", "prompt_version", "gen_config_hash")
+KIND = "rationale cache"
+# Locks taken by check_metadata, released by merge (folder -> lock).
+_locks: dict[Path, FolderLock] = {}
 
 
 def features(with_topk: bool = False):
@@ -58,12 +67,26 @@ def features(with_topk: bool = False):
 
 def check_metadata(out_dir: Path, meta: dict[str, Any], force: bool) -> None:
     """Refuse to add rows made by another teacher/prompt/config to an existing cache, unless
-    ``force``: then the old cache is removed and generation starts over."""
+    ``force``: then the old cache is removed and generation starts over. Refuses a folder that is
+    not a rationale cache, and takes the folder's lock until :func:`merge` (or an error here)."""
+    out_dir = Path(out_dir)
+    claim_folder(out_dir, KIND, (META_FILE,))
+    if out_dir.resolve() not in _locks:
+        _locks[out_dir.resolve()] = FolderLock(out_dir, KIND).acquire()
+    try:
+        claim_folder(out_dir, KIND, (META_FILE,))  # again, now that no other writer can race us
+        _check_and_write_metadata(out_dir, meta, force)
+    except BaseException:
+        release(out_dir)
+        raise
+
+
+def _check_and_write_metadata(out_dir: Path, meta: dict[str, Any], force: bool) -> None:
     path = out_dir / META_FILE
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(path, f"not valid JSON: {err}") from None
         diff = {k: (old.get(k), meta.get(k)) for k in META_KEYS if old.get(k) != meta.get(k)}
         if diff:
@@ -75,7 +98,7 @@ def check_metadata(out_dir: Path, meta: dict[str, Any], force: bool) -> None:
                         out_dir, ", ".join(diff))
             clear(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfglib.write_text_atomic(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_json(path, meta, sort_keys=True)
 
 
 def clear(out_dir: Path) -> None:
@@ -106,7 +129,11 @@ def done_keys(out_dir: Path) -> set[str]:
 
     keys: set[str] = set()
     for path in shard_paths(out_dir):
-        keys.update(pq.read_table(path, columns=["study_id"]).column("study_id").to_pylist())
+        try:
+            keys.update(pq.read_table(path, columns=["study_id"]).column("study_id").to_pylist())
+        except Exception as err:  # pyarrow: ArrowInvalid for a truncated file, KeyError for another schema
+            raise DataError(path, f"unreadable rationale shard ({type(err).__name__}: {err}); delete it to "
+                                  "regenerate its rows") from None
     return keys
 
 
@@ -182,7 +209,15 @@ def merge(out_dir: Path, order: Sequence[str]) -> tuple[Any, dict[str, int]]:
     data = {c: [r[c] for r in ordered] for c in columns}
     dataset = Dataset.from_dict(data, features=features(with_topk))
     _save_dataset_atomic(dataset, out_dir / "dataset")
+    release(out_dir)
     return dataset, counts
+
+
+def release(out_dir: Path) -> None:
+    """Release the folder's lock taken by :func:`check_metadata` (merge does, when it is done)."""
+    lock = _locks.pop(Path(out_dir).resolve(), None)
+    if lock is not None:
+        lock.release()
 
 
 def _save_dataset_atomic(dataset, path: Path) -> None:

@@ -1,7 +1,9 @@
 """``kdistill data check ROOT``: everything wrong with a MIMIC-CXR-JPG-layout dataset, in one pass.
 
 Errors (exit status 1): missing or unreadable CSVs (missing file, bad gzip, missing columns,
-rows with the wrong number of fields), labels outside {1, 0, -1, blank}, duplicate dicom_ids
+rows with the wrong number of fields), labels outside {1, 0, -1, blank}, subject, study and
+dicom ids that are not plain identifiers (they become file and folder names: ``..``, slashes,
+control characters are refused), duplicate dicom_ids
 in the metadata, duplicate study rows in the chexpert CSV, images without a split, unknown
 split names, missing images, corrupt or truncated images, missing reports, bad rois.jsonl
 lines (not JSON, unknown finding, bad box), ROIs for unknown studies or images, ROIs outside
@@ -20,29 +22,39 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-from kdistill.config import write_text_atomic
 from kdistill.data.images import image_size, read_image
 from kdistill.data.mimic import (CHEXPERT, METADATA, METADATA_COLUMNS, ROIS, SPLIT, SPLIT_COLUMNS, SPLITS,
                                  find_table, normalize_id, read_labels, read_table, report_path, study_dir)
 from kdistill.data.rois import parse_roi_line
 from kdistill.data.sections import extract_sections
 from kdistill.errors import DataError
+from kdistill.io import write_json
 from kdistill.labels import FINDINGS
 
 ERROR, WARNING = "error", "warning"
 _SEVERITY = {  # kind -> severity
     "missing_file": ERROR, "bad_csv": ERROR, "malformed_row": ERROR, "bad_label": ERROR,
-    "duplicate_dicom": ERROR, "duplicate_study": ERROR, "no_split": ERROR, "bad_split": ERROR,
+    "bad_id": ERROR, "duplicate_dicom": ERROR, "duplicate_study": ERROR, "no_split": ERROR, "bad_split": ERROR,
     "missing_image": ERROR, "corrupt_image": ERROR, "missing_report": ERROR, "bad_roi": ERROR,
     "roi_unknown_study": ERROR, "roi_unknown_image": ERROR, "roi_outside_image": ERROR, "missing_mask": ERROR,
     "unlabelled_study": WARNING, "labels_without_images": WARNING, "split_without_metadata": WARNING,
     "no_usable_section": WARNING, "size_mismatch": WARNING,
 }
+
+
+# A plain identifier: letters, digits, '.', '_' and '-', not starting with '.' or '-' (so no
+# '..', no hidden names, no option-like names), no slashes, spaces or control characters.
+PLAIN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def is_plain_id(value: str) -> bool:
+    """Whether ``value`` is safe as one file or folder name (see ``PLAIN_ID``)."""
+    return bool(PLAIN_ID.fullmatch(value)) and ".." not in value
 
 
 @dataclasses.dataclass
@@ -94,6 +106,8 @@ def check_dataset(root: str | Path, decode: bool = False) -> CheckReport:
     # metadata: one row per image
     images: dict[str, dict[str, str]] = {}
     for row in meta_rows or []:
+        if not _plain_ids(report, row, ("subject_id", "study_id", "dicom_id")):
+            continue
         dicom_id = row["dicom_id"].strip()
         if dicom_id in images:
             report.add("duplicate_dicom", row["_path"], f"line {row['_line']}: dicom_id {dicom_id} appears more than once")
@@ -143,6 +157,19 @@ def check_dataset(root: str | Path, decode: bool = False) -> CheckReport:
         _check_rois(report, root, studies, images)
     report.counts = _counts(studies, images, split_of, labels, views)
     return report
+
+
+def _plain_ids(report: CheckReport, row: dict[str, str], columns) -> bool:
+    """Report every id of ``row`` that is not a plain identifier; True when all are plain."""
+    ok = True
+    for column in columns:
+        value = normalize_id(row[column])
+        if not is_plain_id(value):
+            report.add("bad_id", row["_path"], f"line {row['_line']}: {column} {value!r} is not a plain identifier "
+                                               "(letters, digits, '.', '_', '-'; no '..', slashes or control "
+                                               "characters): ids become file and folder names")
+            ok = False
+    return ok
 
 
 def _table(report: CheckReport, root: Path, stem: str, columns) -> list[dict[str, str]] | None:
@@ -320,5 +347,5 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data check") -> in
     report = check_dataset(root, decode=args.decode)
     print(format_report(report, args.max_per_kind))
     if args.json_out:
-        write_text_atomic(args.json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+        write_json(args.json_out, report.to_dict())
     return 1 if report.errors else 0

@@ -15,10 +15,14 @@ array returned has bright bone and dark lungs.
 
 A file that cannot be decoded (corrupt, truncated, not an image) raises ``DataError`` naming
 the file; Pillow's ``LOAD_TRUNCATED_IMAGES`` is left off on purpose so truncated JPEGs fail
-instead of coming back half grey.
+instead of coming back half grey. So does a header claiming more pixels than Pillow's
+decompression-bomb limit (a 2 KB JPEG "of" 30000x30000), and a DICOM whose pixel transform
+(RescaleSlope/Intercept, WindowCenter/Width) or pixels are not finite numbers: NaN would pass
+through every later step and come out as NaN probabilities, infinity as an all-black image.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +34,23 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+# What Pillow raises for undecodable files, oversized headers included (DecompressionBombError
+# is not an OSError).
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Image file -> float32 array (H, W) in [0, 1]. Raises ``DataError`` for unreadable files."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "image file not found")
     if path.suffix.lower() in DICOM_SUFFIXES or _looks_like_dicom(path):
-        return _read_dicom(path)
-    return _read_raster(path)
+        out = _read_dicom(path)
+    else:
+        out = _read_raster(path)
+    if not np.isfinite(out).all():  # cannot happen after the checks above; never let it through
+        raise DataError(path, "decoded to non-finite pixel values")
+    return out
 
 
 def resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -88,7 +101,7 @@ def read_resized_uint8(path: str | Path, size: int) -> tuple[np.ndarray, tuple[i
                     gray = img.convert("L") if img.mode != "L" else img
                     arr = np.asarray(gray, dtype=np.float32) / 255.0
                     return to_uint8(resize(arr, size)), original
-        except (OSError, SyntaxError, ValueError) as err:
+        except _PIL_ERRORS as err:
             raise DataError(path, f"cannot decode image: {err}") from None
     arr = read_image(path)
     return to_uint8(resize(arr, size)), (arr.shape[0], arr.shape[1])
@@ -99,11 +112,14 @@ def image_size(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES or _looks_like_dicom(path):
         ds = _dcmread(path, stop_before_pixels=True)
-        return int(ds.Rows), int(ds.Columns)
+        try:
+            return int(ds.Rows), int(ds.Columns)
+        except (AttributeError, TypeError, ValueError):
+            raise DataError(path, "DICOM without valid Rows/Columns") from None
     try:
         with Image.open(path) as img:
             return img.height, img.width
-    except (OSError, SyntaxError, ValueError) as err:
+    except _PIL_ERRORS as err:
         raise DataError(path, f"cannot read image header: {err}") from None
 
 
@@ -134,7 +150,7 @@ def _read_raster(path: Path) -> np.ndarray:
             return np.asarray(img, dtype=np.float32) / 255.0
     except DataError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except _PIL_ERRORS as err:
         raise DataError(path, f"cannot decode image: {err}") from None
 
 
@@ -161,8 +177,15 @@ def _read_dicom(path: Path) -> np.ndarray:
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DataError(path, f"unsupported PhotometricInterpretation {photometric!r} for a radiograph")
-    modality = np.asarray(apply_modality_lut(raw, ds))
-    values = modality.astype(np.float64)
+    _check_finite_tags(path, ds)
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise DataError(path, f"pixel data holds {int((~np.isfinite(raw)).sum())} non-finite values (NaN or infinity)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        modality = np.asarray(apply_modality_lut(raw, ds))
+        values = modality.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(path, "RescaleSlope/RescaleIntercept (modality LUT) turn the pixels into non-finite values "
+                              f"(slope {ds.get('RescaleSlope')}, intercept {ds.get('RescaleIntercept')})")
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
         lut = ds.VOILUTSequence[0]
         top = float(np.max(np.asarray(lut.LUTData))) or 1.0
@@ -182,6 +205,26 @@ def _read_dicom(path: Path) -> np.ndarray:
     if photometric == "MONOCHROME1":
         out = 1.0 - out
     return out.astype(np.float32)
+
+
+# Tags that map stored values to intensities: each must be a finite number when present.
+_TRANSFORM_TAGS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+
+
+def _check_finite_tags(path: Path, ds) -> None:
+    for tag in _TRANSFORM_TAGS:
+        if tag not in ds:
+            continue
+        value = ds[tag].value
+        values = list(value) if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
+        for v in values:
+            try:
+                number = float(v)
+            except (TypeError, ValueError):
+                raise DataError(path, f"DICOM tag {tag} is {v!r}, not a number") from None
+            if not np.isfinite(number):
+                raise DataError(path, f"DICOM tag {tag} is {number} (not a finite number): the pixels cannot be "
+                                      "mapped to intensities")
 
 
 def _first(value) -> float:

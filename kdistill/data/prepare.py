@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kdistill.io import atomic_dir, write_json
+from kdistill.outputs import own_output, pop_overwrite
 from kdistill.data.images import read_resized_uint8
 from kdistill.data.mimic import SPLITS
 from kdistill.data.sources import open_source
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 DATASET_DIR = "dataset"
 META = "meta.json"
 _FORMAT_VERSION = 1
+# What marks a folder as a prepared cache this tool wrote: its meta.json, or the work folder of
+# an interrupted run (kdistill.outputs.claim_folder).
+MARKERS = (META, ".work-*")
+KIND = "prepared cache"
 
 
 @dataclasses.dataclass
@@ -104,7 +109,11 @@ def load_prepared(path: str | Path):
     target = path / DATASET_DIR if (path / DATASET_DIR).is_dir() else path
     if not (target / "dataset_dict.json").is_file():
         raise DataError(path, "not a prepared cache (no dataset/dataset_dict.json); run 'kdistill data prepare'")
-    return load_from_disk(str(target))
+    try:
+        return load_from_disk(str(target))
+    except Exception as err:  # datasets raises several types for a damaged folder (ArrowInvalid, JSON, OSError)
+        raise DataError(target, f"damaged prepared cache ({type(err).__name__}: {err}); run 'kdistill data prepare' "
+                                "again") from None
 
 
 def read_batch(dataset, rows: slice | list[int], columns: list[str] | None = None) -> dict[str, Any]:
@@ -153,10 +162,17 @@ def prepare(
     images: str = "first",
     views: list[str] | None = ("PA", "AP"),
     source: str = "mimic",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Build (or resume, or find up to date) the prepared cache of ``root`` (a dataset of the
-    ``kdistill.data.sources`` source ``source``) in ``out``; returns meta."""
-    root, out = Path(root), Path(out)
+    ``kdistill.data.sources`` source ``source``) in ``out``; returns meta. ``out`` must be new,
+    empty or a prepared cache, unless ``overwrite``; it is locked while it is written."""
+    with own_output(out, KIND, MARKERS, overwrite):
+        return _prepare(Path(root), Path(out), size, workers, on_error, shard_size, images, views, source)
+
+
+def _prepare(root: Path, out: Path, size: int, workers: int, on_error: str, shard_size: int, images: str,
+             views, source: str) -> dict[str, Any]:
     started = time.time()
     counter = SkipCounter(on_error)
     data = open_source(source, root)
@@ -166,8 +182,11 @@ def prepare(
     fingerprint = _fingerprint(root, size, images, views, tasks_by_split)
     meta_path = out / META
     if meta_path.is_file() and (out / DATASET_DIR).is_dir():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fingerprint:
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):  # a damaged meta.json: rebuild (it is written last, atomically)
+            meta = {}
+        if isinstance(meta, dict) and meta.get("fingerprint") == fingerprint:
             log.info("prepared cache %s is up to date", out)
             return meta
 
@@ -251,8 +270,8 @@ def _write_shard(task) -> None:
         clipped += n_clipped
     with atomic_dir(shard_dir) as tmp, _quiet():
         Dataset.from_dict(columns, features=features(size)).save_to_disk(str(tmp), num_shards=1)
-        (tmp / "shard.json").write_text(json.dumps({"rows": len(columns["study_id"]), "skipped": counter.summary(),
-                                                       "clipped_rois": clipped}))
+        write_json(tmp / "shard.json", {"rows": len(columns["study_id"]), "skipped": counter.summary(),
+                                        "clipped_rois": clipped}, indent=None)
 
 
 def _rasterize_rois(rois: list[dict], root: Path, size: int, height: int, width: int):
@@ -366,6 +385,8 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data prepare") -> 
                                                           "the default), chexpert, ... (kdistill.data.sources)")
     parser.add_argument("--size", type=int, help="prepared images are SIZE x SIZE (the config's size, default 128)")
     parser.add_argument("--out", help="output folder (meta.json + dataset/); default ROOT/prepared_SIZE")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out even when it holds files that are not a prepared cache")
     # kept one more release; each is the override named in its help
     parser.add_argument("--workers", type=int, help="deprecated: workers=N")
     parser.add_argument("--on-error", choices=("raise", "skip"), help="deprecated: on_error=skip")
@@ -374,6 +395,7 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data prepare") -> 
     parser.add_argument("--views", help="deprecated: views=[PA,AP] (or views=null for all)")
     add_config_arguments(parser, "prepare", example="size=224 on_error=skip views=[PA]")
     args = parser.parse_intermixed_args(argv)
+    overwrite = pop_overwrite(args.overrides) or args.overwrite
     views = None
     if args.views is not None:
         views = "all" if args.views.lower() == "all" else [v.strip().upper() for v in args.views.split(",") if v.strip()]
@@ -386,7 +408,7 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data prepare") -> 
         cfg.views = None
     out = args.out or str(Path(args.root) / f"prepared_{cfg.size}")
     meta = prepare(args.root, out, size=cfg.size, workers=cfg.workers, on_error=cfg.on_error,
-                   shard_size=cfg.shard_size, images=cfg.images, views=cfg.views, source=args.source)
+                   shard_size=cfg.shard_size, images=cfg.images, views=cfg.views, source=args.source, overwrite=overwrite)
     counts = meta["counts"]
     print(f"prepared cache: {out} ({meta['size']}x{meta['size']})")
     for split in SPLITS:
