@@ -51,11 +51,6 @@ def _term_patterns(know: Knowledge) -> dict[str, re.Pattern]:
     return out
 
 
-def mentioned_findings(text: str, know: Knowledge) -> set[str]:
-    """Findings a text names (any of their terms), negated or not."""
-    return {name for name, pat in _term_patterns(know).items() if pat.search(text)}
-
-
 _LOCATION = {"left": "left", "right": "right", "bilateral": "bilateral"}
 _SIGN_OPENERS = [
     "{where}there {be} {sign}.",
