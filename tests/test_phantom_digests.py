@@ -1,7 +1,9 @@
 """The default phantom is frozen: a tiny phantom's files must keep these sha256 digests.
 
 The demo's figures, the tests' known answers and every cached run rest on the phantom being
-byte-identical for the same seed and config.  A change that alters the default output (a new
+byte-identical for the same seed and config.  Files added since the digests were first taken
+(ground_truth.csv.gz, shortcut.jsonl) came with their own groups; the groups that existed then
+kept their digests.  A change that alters the default output (a new
 random draw in the hot path, a reordered painter, a reworded phrase bank) fails here and has to
 update the digests on purpose, saying why in its commit.  ``phantom.json`` is compared without
 its ``config`` block, which grows whenever a knob is added.  The digests depend on the project's
@@ -23,6 +25,10 @@ from kdistill.data.phantom import PhantomConfig, synthesize
 CASES = {
     "default": {},
     "knobs": {"lateral_share": 0.5, "label_noise": 0.1, "shortcut_finding": "Pneumothorax", "shortcut_strength": 0.8},
+    # The experiment knobs other engineers build on.  (report_style is left out: its label file
+    # follows kdistill.labeler, which changes on its own; tests/test_phantom_knobs.py covers it.)
+    "experiment_knobs": {"shortcut_finding": "Pneumothorax", "rois_fraction": 0.5,
+                         "shortcut_splits": {"train": 0.9, "validate": 0.9, "test": 0.1}},
 }
 GROUPS = {  # group -> glob of the files hashed together
     "images": "files/*/*/*/*.jpg",
@@ -30,8 +36,11 @@ GROUPS = {  # group -> glob of the files hashed together
     "masks": "rois/*.png",
     "metadata": "mimic-cxr-2.0.0-metadata.csv.gz",
     "chexpert": "mimic-cxr-2.0.0-chexpert.csv.gz",
+    "ground_truth": "ground_truth.csv.gz",
     "split": "mimic-cxr-2.0.0-split.csv.gz",
     "rois": "rois.jsonl",
+    "shortcut": "shortcut.jsonl",
+    "report_style": "report_style.jsonl",
     "corpus": "corpus/corpus.jsonl",
 }
 EXPECTED: dict[str, dict[str, str]] = {
@@ -41,8 +50,11 @@ EXPECTED: dict[str, dict[str, str]] = {
         "masks": "44:badfebbfc9fba0fd",
         "metadata": "1:4c64e3130b60b325",
         "chexpert": "1:92899c179196e650",
+        "ground_truth": "1:0eef7720026cce26",
         "split": "1:fe04397cfe183903",
         "rois": "1:5873d0a9a471b3ec",
+        "shortcut": "0:e3b0c44298fc1c14",
+        "report_style": "0:e3b0c44298fc1c14",
         "corpus": "1:a42cd32199326c83",
         "manifest": "ce2f13fc0dee0e2e",
         "unlisted_files": "",
@@ -53,10 +65,28 @@ EXPECTED: dict[str, dict[str, str]] = {
         "masks": "35:f4279caad3c09a9f",
         "metadata": "1:24e03e994a0093a8",
         "chexpert": "1:92ea2af31c9fa51a",
+        "ground_truth": "1:7a621e7adc4de4fb",
         "split": "1:4865105844a8ab2a",
         "rois": "1:11545d39ff423a66",
+        "shortcut": "1:f1216f312e9ace5d",
+        "report_style": "0:e3b0c44298fc1c14",
         "corpus": "1:a42cd32199326c83",
-        "manifest": "bfcae417bdde3f41",
+        "manifest": "84b81ce5d69442ef",
+        "unlisted_files": "",
+    },
+    "experiment_knobs": {
+        "images": "24:9788099765d54a4b",
+        "reports": "24:3551e50d90f963cf",
+        "masks": "25:2ec9c6433bb2d3b0",
+        "metadata": "1:cd9bd98c031ae1c1",
+        "chexpert": "1:bd25f59d7eceb78b",
+        "ground_truth": "1:fd9f92f487d97bfe",
+        "split": "1:a65c8385168158dd",
+        "rois": "1:b9394da0cce0eec4",
+        "shortcut": "1:153e16387a0a4c85",
+        "report_style": "0:e3b0c44298fc1c14",
+        "corpus": "1:a42cd32199326c83",
+        "manifest": "ea405208619fe5ee",
         "unlisted_files": "",
     },
 }
