@@ -5,6 +5,10 @@ normal studies, then each pathology in ``sampling_order`` with a logit raised by
 is associated with (edema after cardiomegaly, consolidation after pneumonia, ...).  The base
 logits are calibrated by simulation so the *label* prevalence (present and not hedged) lands on
 the MIMIC-CXR-like targets of findings.yaml.
+
+Per study it also decides whether the shortcut marker is drawn (``_place_marker``: strength per
+split, ``PhantomConfig.shortcut_strengths``) and whether a train study keeps its regions
+(``rois_fraction``), each from a stream that moves nothing else (see ``spec.STREAM_*``).
 """
 from __future__ import annotations
 
