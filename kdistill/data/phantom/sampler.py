@@ -171,7 +171,8 @@ def label_mentioned(spec: FindingSpec) -> bool:
 
 
 def shortcut_positive(name: str, specs: dict[str, FindingSpec]) -> bool:
-    """The study's label for the shortcut finding is 1 (No Finding: no pathology mentioned)."""
+    """The study's label for the shortcut finding is 1 in its default-style report (No Finding:
+    no pathology mentioned); report_style's omissions do not count."""
     if name == "No Finding":
         return not any(label_mentioned(v) for f, v in specs.items() if f in PATHOLOGIES)
     spec = specs.get(name)

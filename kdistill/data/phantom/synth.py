@@ -29,16 +29,17 @@ those of a share of the train studies, chosen per study from its own stream (the
 change; a smaller fraction keeps a subset of a larger one's studies); masks are written only for
 kept regions.
 
-``shortcut.jsonl`` (with ``shortcut_finding``), one line per image, frontal and lateral, in the
-order of rois.jsonl::
+``shortcut.jsonl`` (with ``shortcut_finding``), one line per image, frontal and lateral, in study
+order (as rois.jsonl)::
 
     {"study_id": "5...", "dicom_id": "...", "split": "train", "view": "PA", "box": [x0, y0, x1, y1],
      "drawn": true, "positive": true}
 
-``box`` is the marker's square in stored-image pixels (x1/y1 exclusive, as rois.jsonl boxes; the
-JPEG blurs it by about a pixel), given for unmarked images too (the same place, as a control);
-``drawn``: the marker is in this image; ``positive``: the study's shortcut finding is labelled 1,
-which the marker's chance follows (strength s: P(drawn | positive) = s, P(drawn | not) = 1 - s).
+``box`` is the marker's square in stored-image pixels (x1/y1 exclusive, as rois.jsonl boxes; JPEG
+coding also alters the rest of the 8x8 pixel blocks it touches), given for unmarked images too (the same place, as a control);
+``drawn``: the marker is in this image; ``positive``: the study's shortcut finding is labelled 1
+as the default phantom would write it (its chexpert label: label noise counts, report_style
+does not), which the marker's chance follows (strength s: P(drawn | positive) = s, P(drawn | not) = 1 - s).
 ``shortcut_splits`` sets s per split, e.g. an evaluation phantom of another seed with the marker
 reversed in every split::
 
