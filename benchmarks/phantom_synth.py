@@ -122,7 +122,7 @@ def _child(n: int, repeat: int, tmp: str | None) -> int:
     return 0
 
 
-def _compare(baseline: str, n: int, rounds: int, repeat: int, tmp: str | None, out: str) -> int:
+def _compare(baseline: str, name: str | None, n: int, rounds: int, repeat: int, tmp: str | None, out: str) -> int:
     import subprocess
 
     trees = {"this": str(REPO), "baseline": str(Path(baseline).resolve())}
@@ -141,7 +141,7 @@ def _compare(baseline: str, n: int, rounds: int, repeat: int, tmp: str | None, o
     print(f"{'ratio':>10} " + " ".join(f"{ratio[k]:>16.3f}" for k in keys))
     print(f"(best of {rounds} alternating rounds x {repeat} repeats, {n} studies at 256 px, one worker; "
           "ms: CPU ms per study; cpu_s: whole synth, corpus off; ratio: this / baseline)")
-    result = {"benchmark": "phantom_synth_vs_baseline", "baseline": trees["baseline"], "n": n, "rounds": rounds,
+    result = {"benchmark": "phantom_synth_vs_baseline", "baseline": name or trees["baseline"], "n": n, "rounds": rounds,
               "repeat": repeat, "best": best, "ratio_this_over_baseline": ratio, "runs": runs,
               "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -160,13 +160,14 @@ def main() -> int:
     parser.add_argument("--tmp", default=None, help="folder for the generated datasets (default: system temp)")
     parser.add_argument("--out", default=None, help="JSON result (default benchmarks/results/phantom_synth[_vs_baseline].json)")
     parser.add_argument("--baseline", default=None, help="source tree of another revision to compare with (see above)")
+    parser.add_argument("--baseline-name", default=None, help="what the baseline is (e.g. its git revision), for the JSON")
     parser.add_argument("--rounds", type=int, default=4, help="with --baseline: alternating rounds")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return _child(args.n, args.repeat, args.tmp)
     if args.baseline:
-        return _compare(args.baseline, args.n, args.rounds, args.repeat, args.tmp,
+        return _compare(args.baseline, args.baseline_name, args.n, args.rounds, args.repeat, args.tmp,
                         args.out or "benchmarks/results/phantom_synth_vs_baseline.json")
     args.out = args.out or "benchmarks/results/phantom_synth.json"
 

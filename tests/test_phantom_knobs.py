@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdistill.config import ConfigError, from_dict
+from kdistill.config import ConfigError, from_dict, to_dict
 from kdistill.data.phantom import PhantomConfig, synthesize
 
 SIZE = 96
@@ -142,6 +142,7 @@ def test_shortcut_splits_are_checked_and_parse_from_the_command_line(tmp_path, c
     capsys.readouterr()
     config = json.loads((tmp_path / "rev" / "phantom.json").read_text())["config"]
     assert config["shortcut_splits"] == {"train": 0.1, "validate": 0.1, "test": 0.1}
+    assert to_dict(from_dict(PhantomConfig, config)) == config  # the manifest's config rebuilds the phantom's
 
 
 # --- rois_fraction ----------------------------------------------------------------------------

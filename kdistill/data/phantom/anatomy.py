@@ -130,8 +130,8 @@ class Canvas:
         self.rib_weight: dict[str, np.ndarray] = {}
         self.rib_anterior: dict[str, np.ndarray] = {}
         # Set by render_study once the anatomy is drawn; painters read them.
-        self.heart_mask = np.zeros((S, S), bool)  # the heart's exact outline (cardiomegaly's region)
-        self.markings = np.zeros((S, S), np.float32)  # vessel markings (air bronchograms of consolidation)
+        self.heart_mask: np.ndarray = None  # type: ignore[assignment]  # bool SxS, the heart's exact outline
+        self.markings: np.ndarray = None  # type: ignore[assignment]  # float32 SxS vessel markings (air bronchograms)
 
     @property
     def marking_gain(self) -> np.ndarray | None:

@@ -128,7 +128,8 @@ def _box(mask: np.ndarray) -> list[int]:
 
 
 def make_study(plan: StudyPlan, cfg: PhantomConfig, out_dir: Path) -> dict[str, Any]:
-    """Render, report and write one study; returns its label row and ROI lines."""
+    """Render, report and write one study; returns its label rows (chexpert, truth), ROI lines,
+    shortcut.jsonl rows and report_style.jsonl row (None unless its report names a cause)."""
     know = load_knowledge()
     result = render_study(
         plan.findings, view=plan.view, size=cfg.image_size, difficulty=cfg.difficulty,
@@ -155,8 +156,10 @@ def make_study(plan: StudyPlan, cfg: PhantomConfig, out_dir: Path) -> dict[str, 
                          "box": _box(region.mask), "mask": rel})
     implied = None
     if written.implied is not None:
-        implied = {"study_id": plan.study_id, "syndrome": written.implied.syndrome, "omitted": list(written.implied.omitted),
-                   "stated_in": "findings+impression" if written.implied.findings_sentence else "impression"}
+        cause = written.implied  # no sentence of its own: a required finding's statements name it (both sections)
+        in_findings = cause.findings_sentence is not None or cause.impression_sentence is None
+        implied = {"study_id": plan.study_id, "syndrome": cause.syndrome, "omitted": list(cause.omitted),
+                   "stated_in": "findings+impression" if in_findings else "impression"}
     return {"labels": written.labels.tolist(), "truth": written.truth.tolist(), "rois": rois,
             "shortcut": _shortcut_rows(plan, cfg), "implied": implied}
 
