@@ -8,7 +8,10 @@ Prints a table and writes benchmarks/results/phantom_synth.json.  ``--baseline T
 of another revision, e.g. ``git archive REV kdistill | tar -x -C TREE``) measures this tree and
 TREE alternately in fresh processes, 256 px, one worker, and reports the ratio (this / baseline)
 of each part: the way to check that a change to the generator did not slow it down on a machine
-whose load drifts (writes benchmarks/results/phantom_synth_vs_baseline.json).  Each figure is the best of
+whose load drifts (writes benchmarks/results/phantom_synth_vs_baseline.json).  On a machine
+loaded far beyond its cores even that swings by +-10%; counting instructions is then the
+steadier check: ``valgrind --tool=callgrind python -c "<synthesize n studies>"`` for each tree,
+minus the same run with none.  Each figure is the best of
 ``--repeat`` runs (the least disturbed by other processes).  "cpu/s" divides by the process's
 CPU time, i.e. the rate of one core held exclusively, which is what the target is about on a
 shared machine; "wall/s" is the elapsed rate.  Compare ratios, not absolute numbers across
@@ -127,8 +130,8 @@ def _compare(baseline: str, name: str | None, n: int, rounds: int, repeat: int, 
 
     trees = {"this": str(REPO), "baseline": str(Path(baseline).resolve())}
     runs: dict[str, list[dict]] = {k: [] for k in trees}
-    for _ in range(rounds):  # alternate, so both sides see the same drift in machine load
-        for name, tree in trees.items():
+    for i in range(rounds):  # alternate (ABBA...), so both sides see the same drift in machine load
+        for name, tree in (list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]):
             cmd = [sys.executable, __file__, "--child", "--n", str(n), "--repeat", str(repeat)] + (["--tmp", tmp] if tmp else [])
             res = subprocess.run(cmd, env={**os.environ, "PHANTOM_BENCH_TREE": tree}, capture_output=True, text=True, check=True)
             runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
