@@ -2,8 +2,16 @@
 split into its parts (plan, render, report, encode + write), plus other sizes and worker counts.
 
     OMP_NUM_THREADS=1 python benchmarks/phantom_synth.py [--n 1000] [--sizes 256 512] [--workers 1 2]
+    OMP_NUM_THREADS=1 python benchmarks/phantom_synth.py --baseline /tmp/old_tree [--rounds 4]
 
-Prints a table and writes benchmarks/results/phantom_synth.json.  Each figure is the best of
+Prints a table and writes benchmarks/results/phantom_synth.json.  ``--baseline TREE`` (a checkout
+of another revision, e.g. ``git archive REV kdistill | tar -x -C TREE``) measures this tree and
+TREE alternately in fresh processes, 256 px, one worker, and reports the ratio (this / baseline)
+of each part: the way to check that a change to the generator did not slow it down on a machine
+whose load drifts (writes benchmarks/results/phantom_synth_vs_baseline.json).  On a machine
+loaded far beyond its cores even that swings by +-10%; counting instructions is then the
+steadier check: ``valgrind --tool=callgrind python -c "<synthesize n studies>"`` for each tree,
+minus the same run with none.  Each figure is the best of
 ``--repeat`` runs (the least disturbed by other processes).  "cpu/s" divides by the process's
 CPU time, i.e. the rate of one core held exclusively, which is what the target is about on a
 shared machine; "wall/s" is the elapsed rate.  Compare ratios, not absolute numbers across
@@ -26,7 +34,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, os.environ.get("PHANTOM_BENCH_TREE", str(REPO)))  # --baseline runs children on another tree
 
 from kdistill.data.phantom import PhantomConfig, synthesize  # noqa: E402
 from kdistill.data.phantom.knowledge import load_knowledge  # noqa: E402
@@ -108,6 +117,42 @@ def _corpus(mb: float, out: Path) -> dict[str, float]:
     return {"corpus_mb": mb, "wall_s": wall, "mb_per_s": mb / wall}
 
 
+def _child(n: int, repeat: int, tmp: str | None) -> int:
+    """One side of --baseline: parts and end-to-end rate of the tree on sys.path, as one JSON line."""
+    with tempfile.TemporaryDirectory(dir=tmp) as t:
+        row = {**_parts(n, 256, Path(t) / "parts", repeat), **_end_to_end(n, 256, 1, Path(t) / "e2e", repeat)}
+    print(json.dumps(row))
+    return 0
+
+
+def _compare(baseline: str, name: str | None, n: int, rounds: int, repeat: int, tmp: str | None, out: str) -> int:
+    import subprocess
+
+    trees = {"this": str(REPO), "baseline": str(Path(baseline).resolve())}
+    runs: dict[str, list[dict]] = {k: [] for k in trees}
+    for i in range(rounds):  # alternate (ABBA...), so both sides see the same drift in machine load
+        for name, tree in (list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]):
+            cmd = [sys.executable, __file__, "--child", "--n", str(n), "--repeat", str(repeat)] + (["--tmp", tmp] if tmp else [])
+            res = subprocess.run(cmd, env={**os.environ, "PHANTOM_BENCH_TREE": tree}, capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    keys = ("render_ms", "report_ms", "encode_write_ms", "cpu_s")
+    best = {name: {k: min(r[k] for r in rs) for k in keys} for name, rs in runs.items()}
+    ratio = {k: best["this"][k] / best["baseline"][k] for k in keys}
+    print(f"{'':>10} " + " ".join(f"{k:>16}" for k in keys))
+    for name in trees:
+        print(f"{name:>10} " + " ".join(f"{best[name][k]:>16.3f}" for k in keys))
+    print(f"{'ratio':>10} " + " ".join(f"{ratio[k]:>16.3f}" for k in keys))
+    print(f"(best of {rounds} alternating rounds x {repeat} repeats, {n} studies at 256 px, one worker; "
+          "ms: CPU ms per study; cpu_s: whole synth, corpus off; ratio: this / baseline)")
+    result = {"benchmark": "phantom_synth_vs_baseline", "baseline": name or trees["baseline"], "n": n, "rounds": rounds,
+              "repeat": repeat, "best": best, "ratio_this_over_baseline": ratio, "runs": runs,
+              "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="studies per measurement")
@@ -116,8 +161,18 @@ def main() -> int:
     parser.add_argument("--corpus-mb", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the best is kept")
     parser.add_argument("--tmp", default=None, help="folder for the generated datasets (default: system temp)")
-    parser.add_argument("--out", default="benchmarks/results/phantom_synth.json")
+    parser.add_argument("--out", default=None, help="JSON result (default benchmarks/results/phantom_synth[_vs_baseline].json)")
+    parser.add_argument("--baseline", default=None, help="source tree of another revision to compare with (see above)")
+    parser.add_argument("--baseline-name", default=None, help="what the baseline is (e.g. its git revision), for the JSON")
+    parser.add_argument("--rounds", type=int, default=4, help="with --baseline: alternating rounds")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return _child(args.n, args.repeat, args.tmp)
+    if args.baseline:
+        return _compare(args.baseline, args.baseline_name, args.n, args.rounds, args.repeat, args.tmp,
+                        args.out or "benchmarks/results/phantom_synth_vs_baseline.json")
+    args.out = args.out or "benchmarks/results/phantom_synth.json"
 
     rows = []
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:

@@ -20,7 +20,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, help="stored image side in pixels (image_size, 64..1024)")
     parser.add_argument("--workers", type=int, help="processes (output does not depend on it)")
     parser.add_argument("--config", help="YAML file with PhantomConfig keys (top level, a 'phantom' section, or a run config's data.phantom)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. difficulty=0.7 shortcut_finding=Pneumothorax")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. difficulty=0.7 shortcut_finding=Pneumothorax "
+                        "shortcut_splits='{train: 0.9, test: 0.1}' rois_fraction=0.05 report_style.implied_share=0.3")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 

@@ -9,6 +9,14 @@ Two kinds of document:
   clinical name.  A rationale never names a finding outside its set except in a plain
   negation ("No pneumothorax."), so a rule-based labeler reading teacher output trained on it
   can check consistency.  Normal studies conclude "no acute cardiopulmonary process".
+
+With ``cause_share`` > 0 (the report_style regime: reports that name a cause in place of its
+findings) a third kind of paragraph joins the textbook docs: one cause or syndrome of
+findings.yaml (``syndromes:``), why it brings its findings, their signs, and that a report
+naming the cause implies them, so a teacher that read the corpus can recover the findings a
+report leaves to its cause.  Such a doc is ``{"kind": "textbook", "cause": <name>, "findings":
+[<requires + brings>], ...}``; its draws come from a stream of their own, so the other docs are
+the default corpus's, in order, with cause docs in between.
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ import numpy as np
 
 from kdistill.config import write_text_atomic
 from kdistill.labels import FINDINGS
-from kdistill.data.phantom.knowledge import Knowledge
+from kdistill.data.phantom.knowledge import Knowledge, SyndromeInfo
 from kdistill.data.phantom.spec import FindingSpec
 
 # Words that name a finding; a rationale fragment naming a finding outside its set is dropped.
@@ -49,11 +57,6 @@ def _term_patterns(know: Knowledge) -> dict[str, re.Pattern]:
         terms = set(_EXTRA_TERMS.get(name, [])) | {n.lower() for n in know[name].names}
         out[name] = re.compile(r"\b(" + "|".join(re.escape(t) for t in sorted(terms)) + r")", re.I)
     return out
-
-
-def mentioned_findings(text: str, know: Knowledge) -> set[str]:
-    """Findings a text names (any of their terms), negated or not."""
-    return {name for name, pat in _term_patterns(know).items() if pat.search(text)}
 
 
 _LOCATION = {"left": "left", "right": "right", "bilateral": "bilateral"}
@@ -226,10 +229,46 @@ def _compare(a: str, b: str, know: Knowledge, rng: np.random.Generator) -> str:
             f"{ib.canonical} in {ib.location}.")
 
 
-def write_corpus(path: str | Path, know: Knowledge, target_mb: float, seed: int, draw_findings) -> dict[str, int]:
+_CAUSE = {
+    "brings": ["On a chest radiograph {cause} brings {findings}.", "The radiographic picture of {cause} is {findings}.",
+               "{Cause} shows on chest radiographs as {findings}."],
+    "signs": ["Radiologists see {signs}.", "The signs are {signs}.", "Look for {signs}."],
+    "implies": ["A report that names {cause} implies {findings}, even where it does not state them.",
+                "When a report says findings are consistent with {cause}, the image shows {findings}.",
+                "Reports often state {cause} in place of {findings}; the findings are implied by the diagnosis."],
+    "requires": ["It is diagnosed when {required} is seen together with them.",
+                 "{Required} must be present for the diagnosis."],
+}
+
+
+def _cause_doc(info: SyndromeInfo, know: Knowledge, rng: np.random.Generator) -> dict:
+    """A paragraph on one syndrome: what it brings, why, the signs, and what naming it implies."""
+
+    def say(kind: str, **kw) -> str:
+        options = _CAUSE[kind]
+        cause = info.name
+        return _cap(options[int(rng.integers(len(options)))].format(cause=cause, Cause=_cap(cause), **kw))
+
+    findings = _join([know[f].canonical for f in info.brings])
+    signs = _join([know[f].signs[int(rng.integers(len(know[f].signs)))] for f in info.brings])
+    pieces = [info.explanation, say("brings", findings=findings), say("signs", signs=signs)]
+    if info.requires:
+        required = _join([know[f].canonical for f in info.requires])
+        pieces.append(say("requires", required=required, Required=_cap(required)))
+    pieces.append(say("implies", findings=findings))
+    names = [f for f in FINDINGS if f in info.brings or f in info.requires]
+    return {"kind": "textbook", "text": " ".join(pieces), "findings": names, "attributes": {}, "cause": info.name}
+
+
+def write_corpus(path: str | Path, know: Knowledge, target_mb: float, seed: int, draw_findings,
+                 cause_share: float = 0.0) -> dict[str, int]:
     """Write ``corpus.jsonl`` of about ``target_mb`` MB. ``draw_findings(rng)`` returns one
-    finding set (name -> FindingSpec) drawn like the studies'.  Returns counts per kind."""
+    finding set (name -> FindingSpec) drawn like the studies'; ``cause_share`` of the docs are
+    cause docs (0: none, the default corpus).  Returns counts per kind ("cause": how many of the
+    textbook docs are cause docs; only when there are any)."""
     rng = np.random.default_rng([seed, 7])
+    cause_rng = np.random.default_rng([seed, 70])
+    syndromes = list(know.syndromes.values())
     patterns = _term_patterns(know)
     target = int(target_mb * 1e6)
     lines: list[str] = []
@@ -237,7 +276,10 @@ def write_corpus(path: str | Path, know: Knowledge, target_mb: float, seed: int,
     counts = {"textbook": 0, "rationale": 0}
     topics = [f for f in FINDINGS if f != "No Finding"]
     while size < target:
-        if rng.random() < 0.25:
+        if cause_share > 0 and syndromes and cause_rng.random() < cause_share:
+            doc = _cause_doc(syndromes[int(cause_rng.integers(len(syndromes)))], know, cause_rng)
+            counts["cause"] = counts.get("cause", 0) + 1
+        elif rng.random() < 0.25:
             if rng.random() < 0.7:
                 name = topics[int(rng.integers(len(topics)))]
                 doc = {"kind": "textbook", "text": _textbook(name, know, rng), "findings": [name], "attributes": {}}

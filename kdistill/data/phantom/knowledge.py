@@ -57,12 +57,26 @@ class FindingInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class SyndromeInfo:
+    """A cause a report may name in place of the findings it brings (findings.yaml ``syndromes:``)."""
+
+    name: str
+    brings: tuple[str, ...]
+    requires: tuple[str, ...]
+    needs: int
+    explanation: str
+    findings_phrases: tuple[str, ...]  # phrases.yaml: statements for the findings section
+    impression_phrases: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Knowledge:
     findings: dict[str, FindingInfo]
     sampling_order: tuple[str, ...]
     normal_share: float
     normal_device_logit: float
     phrases: dict[str, Any]
+    syndromes: dict[str, SyndromeInfo] = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, name: str) -> FindingInfo:
         return self.findings[name]
@@ -112,6 +126,38 @@ def _finding(name: str, raw: dict[str, Any], path: Path) -> FindingInfo:
     return info
 
 
+def _syndromes(raw: Any, phrases: dict[str, Any], fpath: Path, ppath: Path) -> dict[str, SyndromeInfo]:
+    if not isinstance(raw, dict):
+        raise DataError(fpath, "syndromes must be a mapping of cause name -> {brings, requires, needs, explanation}")
+    wording = phrases.get("syndromes") or {}
+    out = {}
+    for name, entry in raw.items():
+        try:
+            info = SyndromeInfo(
+                name=str(name),
+                brings=tuple(entry["brings"]),
+                requires=tuple(entry.get("requires") or ()),
+                needs=int(entry.get("needs", 1)),
+                explanation=str(entry["explanation"]),
+                findings_phrases=tuple((wording.get(name) or {}).get("findings") or ()),
+                impression_phrases=tuple((wording.get(name) or {}).get("impression") or ()),
+            )
+        except (KeyError, TypeError) as err:
+            raise DataError(fpath, f"syndrome {name!r}: missing or malformed key {err}") from None
+        unknown = sorted(set(info.brings + info.requires) - set(FINDINGS))
+        if unknown:
+            raise DataError(fpath, f"syndrome {name!r}: unknown finding(s) {unknown}")
+        if not 1 <= info.needs <= len(info.brings):
+            raise DataError(fpath, f"syndrome {name!r}: needs must be between 1 and the number of findings it brings")
+        if name not in wording:
+            raise DataError(ppath, f"no wording for syndrome {name!r} (phrases.yaml syndromes:)")
+        if bool(info.findings_phrases) != bool(info.impression_phrases) or (not info.findings_phrases and not info.requires):
+            raise DataError(ppath, f"syndrome {name!r}: give findings and impression statements, or leave both "
+                            "empty when a required finding's own statement names it")
+        out[str(name)] = info
+    return out
+
+
 @functools.lru_cache(maxsize=4)
 def load_knowledge(findings_file: str | None = None, phrases_file: str | None = None) -> Knowledge:
     fpath = Path(findings_file) if findings_file else FINDINGS_FILE
@@ -141,4 +187,5 @@ def load_knowledge(findings_file: str | None = None, phrases_file: str | None = 
         normal_share=float(data.get("normal_share", 0.33)),
         normal_device_logit=float(data.get("normal_device_logit", -1.0)),
         phrases=phrases,
+        syndromes=_syndromes(data.get("syndromes") or {}, phrases, fpath, ppath),
     )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdistill.data.phantom.render import _gauss_cols, _grid, _marker, _p
+from kdistill.data.phantom.anatomy import gauss_cols, grid
+from kdistill.data.phantom.painters import param
+from kdistill.data.phantom.shortcut import draw_marker
 from kdistill.data.phantom.spec import FindingSpec
 
 
@@ -25,7 +27,7 @@ def render_lateral(
 ) -> np.ndarray:
     """uint8 SxS lateral image for the same study as ``render_study`` with the same arguments."""
     findings = findings or {}
-    g = _grid(size)
+    g = grid(size)
     S = size
     x, y = g.x, g.y
     prng = np.random.default_rng([seed if patient_seed is None else patient_seed, 7])
@@ -43,38 +45,38 @@ def render_lateral(
     lung = np.clip(0.5 + np.minimum((1 - r) * (half * S / 4), (dome - y) * S) / edge, 0, 1)
 
     cardio = findings.get("Cardiomegaly")
-    grow = 1.0 if cardio is None else _p("Cardiomegaly", "extent", cardio) / 0.45
+    grow = 1.0 if cardio is None else param("Cardiomegaly", "extent", cardio) / 0.45
     hx, hy = front + 0.11 * grow, base - 0.08
     heart = np.clip(1 - ((x - hx) / (0.12 * grow)) ** 2 - ((y - hy) / 0.13) ** 2, 0, 1)
     lung *= 1 - np.clip(heart * 4, 0, 1)
 
     body = np.clip(0.5 + (0.5 - np.abs(x - 0.5 - 0.02)) * S / (3 * edge) - 0.08 * S / (3 * edge), 0, 1)
-    spine = _gauss_cols(x, back + 0.04, 0.035, 4) * (0.8 + 0.2 * np.cos(y * (2 * np.pi / 0.04)))
-    sternum = _gauss_cols(x, front - 0.015, 0.008) * np.clip((base - y) * 8, 0, 1)
+    spine = gauss_cols(x, back + 0.04, 0.035, 4) * (0.8 + 0.2 * np.cos(y * (2 * np.pi / 0.04)))
+    sternum = gauss_cols(x, front - 0.015, 0.008) * np.clip((base - y) * 8, 0, 1)
     att = 0.62 * body + 0.10 * spine + 0.08 * sternum - 0.36 * lung
 
     delta = np.zeros((S, S), np.float32)
     rng = np.random.default_rng([seed, 8])
     if "Pleural Effusion" in findings:
         spec = findings["Pleural Effusion"]
-        level = base + 0.04 - _p("Pleural Effusion", "extent", spec) * (base - apex) * 1.1 - 0.06 * np.clip(u, 0, 1) ** 2
-        delta += _p("Pleural Effusion", "density") * c * np.clip((y - level) * S / (2.5 * edge), 0, 1) * lung
+        level = base + 0.04 - param("Pleural Effusion", "extent", spec) * (base - apex) * 1.1 - 0.06 * np.clip(u, 0, 1) ** 2
+        delta += param("Pleural Effusion", "density") * c * np.clip((y - level) * S / (2.5 * edge), 0, 1) * lung
     for name in ("Consolidation", "Pneumonia", "Lung Opacity"):
         if name in findings:
             spec = findings[name]
             yc = {"upper": apex + 0.15, "middle": 0.5 * (apex + base), "lower": base - 0.1}[spec.zone or "lower"]
             xc = back - 0.12 if (spec.zone or "lower") == "lower" else mid
-            s = 0.06 + _p(name, "extent", spec)
-            delta += 0.8 * _p(name, "density") * c * _gauss_cols(x, xc, s, 4) * _gauss_cols(y, yc, s, 4) * lung
+            s = 0.06 + param(name, "extent", spec)
+            delta += 0.8 * param(name, "density") * c * gauss_cols(x, xc, s, 4) * gauss_cols(y, yc, s, 4) * lung
     if "Edema" in findings:
         spec = findings["Edema"]
-        delta += _p("Edema", "density", spec) * c * _gauss_cols(x, mid, 0.12) * _gauss_cols(y, 0.47, 0.14) * lung
+        delta += param("Edema", "density", spec) * c * gauss_cols(x, mid, 0.12) * gauss_cols(y, 0.47, 0.14) * lung
     if "Lung Lesion" in findings:
         spec = findings["Lung Lesion"]
-        rad = _p("Lung Lesion", "extent", spec)
+        rad = param("Lung Lesion", "extent", spec)
         xc, yc = rng.uniform(mid - 0.1, mid + 0.1), rng.uniform(apex + 0.15, base - 0.15)
         dist = np.sqrt((x - xc) ** 2 + (y - yc) ** 2) * S
-        delta += _p("Lung Lesion", "density") * c * np.clip(rad * S - dist + 0.5, 0, 1)
+        delta += param("Lung Lesion", "density") * c * np.clip(rad * S - dist + 0.5, 0, 1)
     if "Support Devices" in findings:
         for off in (-0.006, 0.006):  # every device enters from above; a tube in the airway shows best
             col = min(S - 1, max(0, int((mid - 0.05 + off) * S)))
@@ -87,5 +89,5 @@ def render_lateral(
     oy, ox = noise_rng.integers(0, S, 2)
     img += g.noise[oy : oy + S, ox : ox + S] * np.float32(0.01 + 0.06 * difficulty)
     if shortcut:
-        _marker(img)
+        draw_marker(img)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)

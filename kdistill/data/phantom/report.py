@@ -1,7 +1,12 @@
 """Writes a MIMIC-CXR-style free-text report for a study plan, and the CheXpert label row that
 follows the report's meaning: 1 stated present, -1 hedged, 0 explicitly negated, NaN not
 mentioned.  The labels are a by-product of writing (each sentence knows what it asserts),
-so they can never drift from the text."""
+so they can never drift from the text.
+
+With an ``ImpliedCause`` (report_style) the report names a cause ("Findings are consistent with
+congestive heart failure.") and leaves out the findings it brings; the labels returned are then
+the writer's view of that text, and ``synth`` labels the text with the project's labeler
+instead, as MIMIC's label file follows its labeler."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +17,7 @@ import numpy as np
 
 from kdistill.labels import FINDING_INDEX, NUM_FINDINGS
 from kdistill.data.phantom.knowledge import Knowledge
-from kdistill.data.phantom.spec import FindingSpec, StudyPlan
+from kdistill.data.phantom.spec import FindingSpec, ImpliedCause, StudyPlan
 
 PARENCHYMA = ("Lung Opacity", "Consolidation", "Pneumonia", "Atelectasis", "Edema", "Lung Lesion")
 PLEURA = ("Pleural Effusion", "Pneumothorax", "Pleural Other")
@@ -97,8 +102,11 @@ class _Writer:
         return out
 
 
-def write_report(plan: StudyPlan, know: Knowledge, rng: np.random.Generator) -> Report:
+def write_report(plan: StudyPlan, know: Knowledge, rng: np.random.Generator, implied: ImpliedCause | None = None) -> Report:
+    """The report of ``plan``; ``implied``: name a cause and leave out findings it brings (they
+    still count as present: they are not negated and do not make the lungs "clear")."""
     w = _Writer(plan, know, rng)
+    silent = set(implied.omitted) if implied else set()
     shown = {n: s for n, s in plan.findings.items() if not s.omitted}
     present = set(plan.findings)
     normal = not any(n in shown for n in IMPRESSION_ORDER)
@@ -136,13 +144,15 @@ def write_report(plan: StudyPlan, know: Knowledge, rng: np.random.Generator) -> 
     lung_findings = [n for n in PARENCHYMA if n in shown]
     if not lung_findings and rng.random() < 0.85:
         sentences.append(w.pick(know.phrases["normal"]["lungs"]))
-    sentences += [w.assert_finding(n, shown[n]) for n in lung_findings]
+    sentences += [w.assert_finding(n, shown[n]) for n in lung_findings if n not in silent]
     sentences += negation_sentences["lungs"]
-    sentences += [w.assert_finding(n, shown[n]) for n in PLEURA if n in shown]
+    sentences += [w.assert_finding(n, shown[n]) for n in PLEURA if n in shown and n not in silent]
     sentences += negation_sentences["pleura"]
-    sentences += [w.assert_finding(n, shown[n]) for n in HEART if n in shown]
+    sentences += [w.assert_finding(n, shown[n]) for n in HEART if n in shown and n not in silent]
     sentences += negation_sentences["heart"]
-    if "Fracture" in shown:
+    if implied and implied.findings_sentence:
+        sentences.append(implied.findings_sentence)
+    if "Fracture" in shown and "Fracture" not in silent:
         sentences.append(w.assert_finding("Fracture", shown["Fracture"]))
     sentences += negation_sentences["bones"]
     if "Fracture" not in shown and not negation_sentences["bones"] and rng.random() < 0.4:
@@ -151,7 +161,7 @@ def write_report(plan: StudyPlan, know: Knowledge, rng: np.random.Generator) -> 
     impression: list[str] = []
     stated = [n for n in IMPRESSION_ORDER if n in shown]
     if stated:
-        for name in stated[:4]:
+        for name in [n for n in stated if n not in silent][:4]:
             impression.append(w.assert_finding(name, shown[name], impression=True))
     else:
         impression.append(w.pick(know.phrases["normal"]["impression"]))
@@ -159,6 +169,8 @@ def write_report(plan: StudyPlan, know: Knowledge, rng: np.random.Generator) -> 
         devices = shown["Support Devices"].extra.get("devices", ["ett"])
         short = know.phrases["devices"][devices[0]]["short"]
         impression.insert(0, _sentence(w.pick(w.bank["Support Devices"]["imp_pos"]).format(device_short=short)))
+    if implied and implied.impression_sentence:
+        impression.insert(0, implied.impression_sentence)
     w.labels[FINDING_INDEX["No Finding"]] = 1.0 if not stated else math.nan
 
     findings_text = " ".join(sentences)

@@ -5,20 +5,24 @@ normal studies, then each pathology in ``sampling_order`` with a logit raised by
 is associated with (edema after cardiomegaly, consolidation after pneumonia, ...).  The base
 logits are calibrated by simulation so the *label* prevalence (present and not hedged) lands on
 the MIMIC-CXR-like targets of findings.yaml.
+
+Per study it also decides whether the shortcut marker is drawn (``_place_marker``: strength per
+split, ``PhantomConfig.shortcut_strengths``) and whether a train study keeps its regions
+(``rois_fraction``), each from a stream that moves nothing else (see ``spec.STREAM_*``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from kdistill.labels import FINDING_INDEX, FINDINGS
-from kdistill.data.phantom.config import PhantomConfig
+from kdistill.data.phantom.config import SPLITS, PhantomConfig
 from kdistill.data.phantom.knowledge import Knowledge
-from kdistill.data.phantom.spec import FindingSpec, StudyPlan
+from kdistill.data.phantom.shortcut import marker_probability
+from kdistill.data.phantom.spec import STREAM_ROIS, STREAM_SHORTCUT, FindingSpec, StudyPlan
 
 PATHOLOGIES = tuple(f for f in FINDINGS if f not in ("No Finding", "Support Devices"))
 ZONED = ("Consolidation", "Pneumonia", "Lung Opacity", "Lung Lesion")
 DEVICES = {"ett": 0.45, "cvc": 0.55, "ngt": 0.35, "pacer": 0.2}
-SPLITS = ("train", "validate", "test")
 _CALIBRATION_ROWS = 20000
 
 
@@ -166,6 +170,31 @@ def label_mentioned(spec: FindingSpec) -> bool:
     return not spec.omitted
 
 
+def shortcut_positive(name: str, specs: dict[str, FindingSpec]) -> bool:
+    """The study's label for the shortcut finding is 1 in its default-style report (No Finding:
+    no pathology mentioned); report_style's omissions do not count."""
+    if name == "No Finding":
+        return not any(label_mentioned(v) for f, v in specs.items() if f in PATHOLOGIES)
+    spec = specs.get(name)
+    return spec is not None and label_positive(spec)
+
+
+def _place_marker(plan: StudyPlan, cfg: PhantomConfig, rng: np.random.Generator) -> None:
+    """Decide ``plan.shortcut``.  A train study's draw comes from the sampler's stream ``rng``
+    whenever a shortcut finding is set (whatever the train strength, even none), as it always
+    has: so the phantoms of one seed with a shortcut finding differ only in their markers, and
+    the train-only phantom of ``shortcut_strength`` is the one it always was.  Other splits draw
+    from the study's own stream."""
+    plan.shortcut_positive = shortcut_positive(cfg.shortcut_finding, plan.findings)
+    if plan.split == "train":
+        u = rng.random()
+    else:
+        u = np.random.default_rng([plan.seed, STREAM_SHORTCUT]).random()
+    strength = cfg.shortcut_strengths().get(plan.split)
+    if strength is not None:
+        plan.shortcut = bool(u < marker_probability(strength, plan.shortcut_positive))
+
+
 def plan_studies(cfg: PhantomConfig, know: Knowledge) -> list[StudyPlan]:
     rng = np.random.default_rng([cfg.seed, 1])
     n = cfg.n_studies
@@ -222,14 +251,10 @@ def plan_studies(cfg: PhantomConfig, know: Knowledge) -> list[StudyPlan]:
             )
             if cfg.lateral_share > 0 and view == "PA" and rng.random() < cfg.lateral_share:
                 plan.lateral_dicom_id = _dicom_id(rng)
-            if cfg.shortcut_finding and plan.split == "train":
-                spec = specs.get(cfg.shortcut_finding)
-                if cfg.shortcut_finding == "No Finding":
-                    positive = not any(label_mentioned(v) for f, v in specs.items() if f in PATHOLOGIES)
-                else:
-                    positive = spec is not None and label_positive(spec)
-                p = cfg.shortcut_strength if positive else 1.0 - cfg.shortcut_strength
-                plan.shortcut = bool(rng.random() < p)
+            if cfg.shortcut_finding:
+                _place_marker(plan, cfg, rng)
+            if cfg.rois_fraction < 1.0 and plan.split == "train":
+                plan.keep_rois = bool(np.random.default_rng([plan.seed, STREAM_ROIS]).random() < cfg.rois_fraction)
             plans.append(plan)
             k += 1
     return plans

@@ -6,6 +6,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+# Random streams of one study: numpy generators seeded [StudyPlan.seed, k] (patient parts:
+# [patient_seed, k]).  Taken: 0 patient anatomy, 1 study anatomy, 2 vessel markings, 3 noise,
+# 4 report wording, 5 breast shadows, 7-9 lateral view, 100 + finding index each finding.  Each
+# knob below draws from its own stream, so turning it on moves no pixel or word it is not about.
+STREAM_SHORTCUT = 10  # the marker draw of validate/test studies (train: the sampler's stream, as before)
+STREAM_ROIS = 11  # whether a train study keeps its regions (rois_fraction)
+STREAM_REPORT_STYLE = 12  # whether, and how, the report names a cause in place of findings
+
 
 @dataclasses.dataclass
 class FindingSpec:
@@ -41,10 +49,23 @@ class StudyPlan:
     patient_seed: int  # anatomy shared by a subject's studies
     seed: int  # everything else of this study
     findings: dict[str, FindingSpec] = dataclasses.field(default_factory=dict)
-    shortcut: bool = False
+    shortcut: bool = False  # the corner marker is drawn (frontal and lateral image)
+    shortcut_positive: bool = False  # the shortcut finding is labelled 1 (what the marker follows)
+    keep_rois: bool = True  # rois.jsonl keeps this study's regions (rois_fraction)
     lateral_dicom_id: str | None = None  # a second, LATERAL image (PA studies only)
 
     @property
     def relpath(self) -> str:
         """``files/pNN/pSUBJECT/sSTUDY`` (the study folder; the report is this + ``.txt``)."""
         return f"files/p{self.subject_id[:2]}/p{self.subject_id}/s{self.study_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImpliedCause:
+    """A report that names ``syndrome`` (findings.yaml ``syndromes:``) and leaves out the
+    findings ``omitted`` it brings, as real reports do (report_style.implied_share)."""
+
+    syndrome: str
+    omitted: tuple[str, ...]
+    findings_sentence: str | None  # None: not stated in the findings section
+    impression_sentence: str | None  # None: a required finding's own statement names the cause
