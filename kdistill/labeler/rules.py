@@ -17,10 +17,10 @@ decisions come from surface scope rules, with no parser:
   "and", "or", "/"), then at most the first verb and the trigger's ``post`` reach of words
   ("heart size, mediastinal contour, and pulmonary vascularity are within normal limits";
   "the cardiomediastinal contours, lungs, pleura and upper abdomen are normal").  A list item
-  longer than four words, or holding a trigger of its own, ends the subject ("heart size
+  longer than four words ends the subject; the predicate starts at the first verb or trigger
+  ("contour stable and within normal limits") and may hold neither a comma ("heart size
   mildly enlarged for technique, stable mediastinal contours": "stable" does not reach the
-  heart); so do a comma or a second verb inside the predicate ("the heart is enlarged and the
-  mediastinum is normal").  A comma list needs its "and"/"or" ("A, B and C are normal")
+  heart) nor a second verb ("the heart is enlarged and the mediastinum is normal").  A comma list needs its "and"/"or" ("A, B and C are normal")
   except for heart / mediastinum structures, which reports list bare ("heart, mediastinum,
   hila are unremarkable");
 * a mention's label follows CheXpert's order: pre-negation uncertainty ("cannot exclude",
@@ -245,22 +245,24 @@ class Labeler:
 
 def _predicate_reaches(low: str, listed: bool, end: int, hit: _TriggerHit, commas: list[int], starts: list[int]) -> bool:
     """Does a trigger after a mention (ending at ``end``) read as the predicate of a subject the
-    mention belongs to?  Subject: short list items up to the first verb; predicate: that verb
-    to the trigger, within the trigger's post reach (see the module docstring)."""
+    mention belongs to?  Subject: short list items up to the first verb or trigger; predicate:
+    from there to the trigger, within the trigger's post reach (see the module docstring)."""
     verb = _VERB.search(low, end, hit.start)
     split = verb.start() if verb is not None else hit.start
+    first_trigger = bisect.bisect_left(starts, end)
+    if first_trigger < len(starts) and starts[first_trigger] < split:
+        split = starts[first_trigger]  # "contour stable and within normal limits": one predicate
     if _any_between(commas, split, hit.start):
         return False  # "the heart is enlarged, normal mediastinum"
-    if verb is not None and _VERB.search(low, verb.end(), hit.start) is not None:
+    verbs = _VERB.finditer(low, split, hit.start)
+    if next(verbs, None) is not None and next(verbs, None) is not None:
         return False  # "the heart is enlarged and the mediastinum is normal"
     items = _LIST_SEPARATOR.split(low[end:split])
     if len(items) > 1:
         if not listed and _any_between(commas, end, split) and not _CONJUNCTION.search(low, end, split):
             return False  # "effusion, heart is normal": no list without its "and"
         if any(len(_WORD.findall(item)) > _MAX_ITEM_WORDS for item in items[:-1]):
-            return False
-        if _any_between(starts, end, split):
-            return False  # an item with a trigger of its own is a clause, not a noun phrase
+            return False  # a long item is a clause, not a noun phrase
     return len(_WORD.findall(items[-1])) + _words(low, split, hit.start) <= hit.post
 
 
