@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "build_ms": round(build_ms, 1),
         "target_reports_per_s": TARGET,
         "variants": {name: {"reports_per_s": round(rate, 1), "ratio_to_target": round(rate / TARGET, 3)} for name, rate in rows},
+        "load_average_1min": round(os.getloadavg()[0], 2),  # timings are only as good as the machine is idle
         "python": platform.python_version(),
         "machine": platform.machine(),
         "command": "python benchmarks/labeler_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
