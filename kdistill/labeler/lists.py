@@ -16,7 +16,10 @@ uncertain unless negated), ``normal`` (a statement that reports the finding abse
 ``negated_only`` (a structure that speaks to the finding only when reported normal: "normal
 cardiomediastinal silhouette" rules out cardiomegaly, "enlarged cardiomediastinal silhouette"
 does not rule it in) - plus ``unmention`` (text that must not count as a mention even though
-a mention matches inside).
+a mention matches inside).  A ``structure`` states its finding only through a predicate: an
+abnormality trigger ("the heart is enlarged") makes it positive, a normality trigger negative,
+a stability trigger uncertain; a structure with none ("the heart and lungs have XXXX XXXX")
+states nothing and is no mention.
 
 Pattern files (``patterns/*.yaml``): trigger lists with ``pre``/``post`` reach (and an
 optional ``only`` / ``post_only: <mention kind>`` restricting what a trigger reaches), and
@@ -43,11 +46,13 @@ MENTION_KINDS = ("mention", "structure", "uncertain", "normal", "negated_only")
 # Trigger kinds in the order a mention's label is decided (CheXpert's classify stage:
 # pre-negation uncertainty, then negation, then post-negation uncertainty).
 PRENEG_UNCERTAIN, NEGATION, UNCERTAIN, STABILITY, PSEUDO = "preneg_uncertain", "negation", "uncertain", "stability", "pseudo"
+ABNORMAL = "abnormal"  # "enlarged", "widened": what makes a heart / mediastinum structure positive
 TRIGGER_FILES = {
     PRENEG_UNCERTAIN: "pre_negation_uncertainty.yaml",
     NEGATION: "negation.yaml",
     UNCERTAIN: "uncertainty.yaml",
     STABILITY: "stability.yaml",
+    ABNORMAL: "abnormal.yaml",
 }
 ALL = 10_000  # "all": reach to the end of the clause
 

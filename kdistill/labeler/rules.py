@@ -8,12 +8,27 @@ decisions come from surface scope rules, with no parser:
   "although", ";", ... (``patterns/scope.yaml``);
 * a trigger reaches a mention only inside one clause, and only within its ``pre`` reach (the
   trigger comes first: "no ... effusion") or ``post`` reach (the trigger comes after:
-  "heart size is normal"), counted in words;
-* a trigger after the mention does not reach back over a comma, except to heart /
-  mediastinum structure mentions, which are listed before one shared predicate ("heart size,
-  mediastinal and hilar contours are normal");
+  "heart size is normal"), counted in words; a trigger first with a reach of a few words
+  (an adjective: "normal", "enlarged", "stable") stops at a comma ("heart size mildly
+  enlarged for technique, stable mediastinal contours"), one reaching "all" does not ("no
+  consolidation, effusion, or pneumothorax");
+* a trigger after the mention is a predicate, and reaches the mention when the mention is part
+  of its subject: the text between them reads as a list of short noun phrases (split at commas,
+  "and", "or", "/"), then at most the first verb and the trigger's ``post`` reach of words
+  ("heart size, mediastinal contour, and pulmonary vascularity are within normal limits";
+  "the cardiomediastinal contours, lungs, pleura and upper abdomen are normal").  A list item
+  longer than four words ends the subject; the predicate starts at the first verb or trigger
+  ("contour stable and within normal limits") and may hold neither a comma ("heart size
+  mildly enlarged for technique, stable mediastinal contours": "stable" does not reach the
+  heart) nor a second verb ("the heart is enlarged and the mediastinum is normal").  A comma list needs its "and"/"or" ("A, B and C are normal")
+  except for heart / mediastinum structures, which reports list bare ("heart, mediastinum,
+  hila are unremarkable");
 * a mention's label follows CheXpert's order: pre-negation uncertainty ("cannot exclude",
-  "no new") -> -1, else negation -> 0, else uncertainty -> -1, else 1.
+  "no new") -> -1, else negation -> 0, else uncertainty -> -1, else 1.  A heart / mediastinum
+  *structure* mention ("heart size", "the heart") states its finding only through a
+  predicate: after the above, an abnormality trigger ("enlarged", "widened") -> 1, a
+  stability trigger ("stable", "unchanged") -> -1 (CheXpert's rule), none -> no mention
+  (where CheXpert would read the bare word as positive).
 
 Aggregation is CheXpert's ``stages/aggregate.py``: per finding positive beats uncertain beats
 negative (one deviation: CheXpert's code yields -1 when a finding has positive, uncertain
@@ -35,7 +50,7 @@ import numpy as np
 
 from kdistill.labels import FINDING_INDEX, NUM_FINDINGS
 from kdistill.labeler import lists
-from kdistill.labeler.lists import NEGATION, OTHER, PRENEG_UNCERTAIN, STABILITY, UNCERTAIN
+from kdistill.labeler.lists import ABNORMAL, NEGATION, OTHER, PRENEG_UNCERTAIN, STABILITY, UNCERTAIN
 
 _WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n[ \t]*\n")
@@ -44,7 +59,17 @@ _LAST_WORD = re.compile(r"[\w.]*$")
 _NO_FINDING = FINDING_INDEX["No Finding"]
 _SUPPORT_DEVICES = "Support Devices"
 _CHF_TEXTS = ("chf", "heart failure")
-_LISTED_KINDS = ("structure", "negated_only")  # reached over commas by a later predicate
+_LISTED_KINDS = ("structure", "negated_only")  # listed bare before a shared predicate
+# The verb that starts a predicate ("heart size and mediastinal contours ARE normal"); auxiliary
+# sequences count as one verb.
+_VERB = re.compile(
+    r"\b(?:(?:has|have|had)\s+been|is\s+being|(?:appears?|appeared|seems?|seemed)\s+to\s+be|"
+    r"is|are|was|were|be|been|has|have|had|appears?|appeared|remains?|remained|seems?|looks?|"
+    r"measures?|shows?|demonstrates?)\b"
+)
+_LIST_SEPARATOR = re.compile(r",|/|&|\b(?:and|or|nor|as\s+well\s+as)\b")
+_CONJUNCTION = re.compile(r"\b(?:and|or|nor)\b|&")
+_MAX_ITEM_WORDS = 4  # a list item is a short noun phrase ("visualized upper abdomen")
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,7 @@ class Labeler:
         sentence_cuts = self._sentence_ends(low)
         cuts, forward_breaks, triggers = self._scan_triggers(low, sentence_cuts)
         commas = [m.start() for m in _COMMA.finditer(low)]
+        starts = [hit.start for hit in triggers]  # ascending: hits come in scan order
         found: list[Mention] = []
         for phrases in self.phrases:
             unmentioned = None
@@ -116,8 +142,8 @@ class Labeler:
                         unmentioned = [u.span() for u in phrases.unmention.finditer(low)]
                     if any(us < end and start < ue for us, ue in unmentioned):
                         continue
-                label, trigger = self._classify(low, kind, start, end, cuts, forward_breaks, commas, triggers)
-                if kind == "negated_only" and label != 0.0:
+                label, trigger = self._classify(low, kind, start, end, cuts, forward_breaks, commas, triggers, starts)
+                if label is None or (kind == "negated_only" and label != 0.0):
                     continue
                 found.append(
                     Mention(
@@ -171,11 +197,13 @@ class Labeler:
         ]
         return clause_cuts, forward_breaks, hits
 
-    def _classify(self, low, kind, start, end, cuts, forward_breaks, commas, triggers):
+    def _classify(self, low, kind, start, end, cuts, forward_breaks, commas, triggers, starts):
+        """-> (label, deciding trigger text); label None: a structure that states nothing."""
         if kind == "normal":
             return 0.0, None
+        listed = kind in _LISTED_KINDS
         if not triggers:
-            return (-1.0 if kind == "uncertain" else 1.0), None
+            return (None if listed else -1.0 if kind == "uncertain" else 1.0), None
         clause = bisect.bisect_right(cuts, start)
         reached: dict[str, str] = {}
         for hit in triggers:
@@ -187,15 +215,13 @@ class Labeler:
                 # trigger first: "no ... effusion"
                 if _any_between(forward_breaks, hit.end, start):
                     continue
-                if hit.pre < lists.ALL and _words(low, hit.end, start) > hit.pre:
-                    continue
+                if hit.pre < lists.ALL and (_words(low, hit.end, start) > hit.pre or _any_between(commas, hit.end, start)):
+                    continue  # a near trigger (an adjective: "enlarged heart") stops at a comma
             elif hit.start >= end and hit.post is not None:
-                # mention first: "heart size is normal"
+                # mention first: "heart size is normal", "A, B and C are normal"
                 if hit.post_only is not None and not _kind_matches(hit.post_only, kind):
                     continue
-                if kind not in _LISTED_KINDS and _any_between(commas, end, hit.start):
-                    continue
-                if hit.post < lists.ALL and _words(low, end, hit.start) > hit.post:
+                if not _predicate_reaches(low, listed, end, hit, commas, starts):
                     continue
             else:
                 continue
@@ -208,9 +234,36 @@ class Labeler:
             return -1.0, reached[UNCERTAIN]
         if kind == "uncertain":
             return -1.0, None
-        if kind in _LISTED_KINDS and STABILITY in reached:
+        if not listed:
+            return 1.0, None
+        if ABNORMAL in reached:
+            return 1.0, reached[ABNORMAL]
+        if STABILITY in reached:
             return -1.0, reached[STABILITY]
-        return 1.0, None
+        return None, None
+
+
+def _predicate_reaches(low: str, listed: bool, end: int, hit: _TriggerHit, commas: list[int], starts: list[int]) -> bool:
+    """Does a trigger after a mention (ending at ``end``) read as the predicate of a subject the
+    mention belongs to?  Subject: short list items up to the first verb or trigger; predicate:
+    from there to the trigger, within the trigger's post reach (see the module docstring)."""
+    verb = _VERB.search(low, end, hit.start)
+    split = verb.start() if verb is not None else hit.start
+    first_trigger = bisect.bisect_left(starts, end)
+    if first_trigger < len(starts) and starts[first_trigger] < split:
+        split = starts[first_trigger]  # "contour stable and within normal limits": one predicate
+    if _any_between(commas, split, hit.start):
+        return False  # "the heart is enlarged, normal mediastinum"
+    verbs = _VERB.finditer(low, split, hit.start)
+    if next(verbs, None) is not None and next(verbs, None) is not None:
+        return False  # "the heart is enlarged and the mediastinum is normal"
+    items = _LIST_SEPARATOR.split(low[end:split])
+    if len(items) > 1:
+        if not listed and _any_between(commas, end, split) and not _CONJUNCTION.search(low, end, split):
+            return False  # "effusion, heart is normal": no list without its "and"
+        if any(len(_WORD.findall(item)) > _MAX_ITEM_WORDS for item in items[:-1]):
+            return False  # a long item is a clause, not a noun phrase
+    return len(_WORD.findall(items[-1])) + _words(low, split, hit.start) <= hit.post
 
 
 def aggregate(mentions: Sequence[Mention]) -> np.ndarray:

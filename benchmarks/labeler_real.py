@@ -1,0 +1,363 @@
+"""The rule-based labeler on real reports: IU / Open-i against NegBio's gold standard.
+
+Data: ``../shared/realdata/iu_reports/dev.csv`` (1,537 Indiana University chest X-ray reports,
+"FINDINGS: ... IMPRESSION: ..." with the collection's XXXX de-identification tokens; 8 CheXpert
+columns filled from NegBio's OpenI gold: 1 = gold positive, 0 = not gold positive).  Scored per
+finding (precision / recall / F1) and micro over the 8 mapped findings under two conventions:
+*positive only* (prediction 1 is positive; -1, 0 and blank are not) and *uncertain as positive*
+(1 and -1 are positive, f1chexbert's "rrg" mode).  The gold is MeSH-derived: it counts most
+hedged findings ("borderline cardiomegaly", "may represent atelectasis") as positive and misses
+some, so no labeler reaches 1.0; the labeler keeps CheXpert's convention (uncertain = -1).
+
+Beside the labeler, measured in the same run on the same reports with the labeler's own
+(current) mention lists: ``keyword`` (every mention positive), ``negex`` (negative when a
+negation word comes at most 5 words before the mention in its sentence, NegEx's window) and
+``negex sentence`` (anywhere before it in the sentence); all give No Finding = 1 when nothing
+but Support Devices is positive.  ``--before DIR`` adds the labeler of another source tree
+(``git archive c815593 kdistill | tar -x -C DIR``: the labeler before these rules) as
+``rules before``, run in a child process on the same core.  Reports/s: best of ``--repeats``
+passes over the 1,537 reports on one core.
+
+Held-out part: every 5th report (index % 5 == 4) was never read while the rules were written;
+the tables give the develop part (4/5), the held-out part (1/5) and all, with a bootstrap 95%
+interval (1,000 resamples of reports, seed 0) on the micro F1 of all.
+
+Mistakes by category, develop part, positive only (``error_categories`` below sorts each wrong
+finding by the decisions taken; ``rules before`` -> ``rules``, measured with ``--before``):
+
+    heart / mediastinum word read positive with no predicate stated, or with the predicate
+      out of reach of a word-order or list-subject rule ("the heart and lungs have XXXX XXXX",
+      "heart XXXX, mediastinum, XXXX, bony structures and lung XXXX are unremarkable",
+      "normal size and configuration of the cardiac silhouette")   finding FP 37 -> 0,
+                                                                    No Finding FN 11 -> 0
+    abnormalities the lists lacked (spondylosis, tortuous aorta, low lung volumes,
+      hypoinflation, postoperative changes ...)                    No Finding FP 51 -> 0
+    a past (granulomatous, tuberculous) infection read as pneumonia            9 -> 0
+    a hedge not read ("in the appropriate clinical setting, ...", "question small
+      effusions", "may be compatible with")                                    4 -> 0
+    stability reaching a heart structure over a comma ("heart size mildly enlarged
+      for technique, stable mediastinal contours")                 finding FN  2 -> 0
+  left as they are, by convention or because the gold has them so:
+    hedged findings, kept -1 (the gold counts them positive)                  52 -> 53
+    "stable cardiomediastinal silhouette" = uncertain (CheXpert's rule)       14 -> 14
+    devices / surgical clips only (CheXpert: devices do not make a finding)   15 -> 15
+    text normal, gold not normal (nothing stated; 16 of them "The heart and lungs
+      have XXXX XXXX in the interval ... Heart and mediastinum normal"):  19 + 0 -> 21 + 16
+    finding stated, gold leaves it out (degenerative spine, "cardiac
+      silhouette is enlarged" ...)                                    12 + 9 -> 13 + 10
+    a hedged finding in a gold-normal report; a negated finding the gold has     2 -> 2
+    all mistakes                                                            237 -> 144
+  held-out part, the same categories (never read):                            71 -> 52
+
+    python benchmarks/labeler_real.py [--data PATH] [--before DIR] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kdistill.io import write_json  # noqa: E402
+from kdistill.labeler import Labeler  # noqa: E402
+from kdistill.labeler.command import read_labels  # noqa: E402
+from kdistill.labeler.lists import OTHER  # noqa: E402
+from kdistill.labels import FINDING_INDEX, NUM_FINDINGS  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent.parent / "shared" / "realdata" / "iu_reports" / "dev.csv"
+if not DEFAULT_DATA.exists():  # a checkout beside shared/ (CI) rather than under wt/
+    DEFAULT_DATA = ROOT.parent / "shared" / "realdata" / "iu_reports" / "dev.csv"
+MAPPED = ("No Finding", "Cardiomegaly", "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax",
+          "Pleural Effusion")
+HELD_OUT_EVERY = 5  # index % 5 == 4 is held out
+NEGEX_WINDOW = 5  # NegEx's window; "negex sentence" reaches the whole sentence before the mention
+NEGEX_TRIGGERS = re.compile(r"\b(?:no|not|without|negative\s+for|free\s+of|absence\s+of|no\s+evidence\s+of|"
+                            r"rule\s+out|ruled\s+out|denies|never)\b")
+_WORD = re.compile(r"\w+")
+
+
+def held_out(n: int) -> np.ndarray:
+    return np.arange(n) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+
+
+# ------------------------------------------------------------------ the baselines
+class KeywordBaseline:
+    """The labeler's own mention lists with no negation or uncertainty: mention = positive.
+    ``negex_window=N``: a NegEx pre-trigger at most N words before a mention, in its sentence,
+    negates it."""
+
+    def __init__(self, labeler: Labeler, negex_window: int | None = None):
+        self.phrases = labeler.phrases
+        self.window = negex_window
+
+    def _negated(self, low: str, start: int) -> bool:
+        sentence_start = max(low.rfind(c, 0, start) for c in ".!?\n") + 1
+        before = low[sentence_start:start]
+        for m in NEGEX_TRIGGERS.finditer(before):
+            if len(_WORD.findall(before, m.end())) <= self.window:
+                return True
+        return False
+
+    def label_report(self, text: str) -> np.ndarray:
+        low = text.lower()
+        out = np.full(NUM_FINDINGS, np.nan, dtype=np.float32)
+        abnormal = False
+        for fp in self.phrases:
+            unmentioned = [u.span() for u in fp.unmention.finditer(low)] if fp.unmention is not None else []
+            for start, end, kind in fp.phrases.finditer(low):
+                if kind not in ("mention", "uncertain") or any(s < end and start < e for s, e in unmentioned):
+                    continue
+                value = 0.0 if self.window is not None and self._negated(low, start) else 1.0
+                if value == 1.0 and fp.finding != "Support Devices":
+                    abnormal = True
+                if fp.finding != OTHER:
+                    j = FINDING_INDEX[fp.finding]
+                    out[j] = value if np.isnan(out[j]) else max(out[j], value)
+        out[FINDING_INDEX["No Finding"]] = np.nan if abnormal else 1.0
+        return out
+
+    def label_reports(self, texts) -> np.ndarray:
+        return np.stack([self.label_report(t) for t in texts]) if len(texts) else np.zeros((0, NUM_FINDINGS), np.float32)
+
+
+# ------------------------------------------------------------------ scoring
+def counts(gold: np.ndarray, pred: np.ndarray, uncertain_positive: bool) -> np.ndarray:
+    """-> (8, 3) true positives, false positives, false negatives per mapped finding."""
+    cols = [FINDING_INDEX[f] for f in MAPPED]
+    g = gold[:, cols] == 1.0
+    p = pred[:, cols] == 1.0
+    if uncertain_positive:
+        p |= pred[:, cols] == -1.0
+    return np.stack([(g & p).sum(0), (~g & p).sum(0), (g & ~p).sum(0)], axis=1)
+
+
+def prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def micro_f1(gold: np.ndarray, pred: np.ndarray, uncertain_positive: bool = False) -> float:
+    return prf(*counts(gold, pred, uncertain_positive).sum(0))[2]
+
+
+def bootstrap_interval(gold, pred, uncertain_positive, resamples=1000, seed=0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    n = len(gold)
+    values = [micro_f1(gold[idx], pred[idx], uncertain_positive) for idx in (rng.integers(0, n, n) for _ in range(resamples))]
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def score(gold: np.ndarray, pred: np.ndarray) -> dict:
+    parts = {"all": np.ones(len(gold), bool), "develop": ~held_out(len(gold)), "held_out": held_out(len(gold))}
+    result = {}
+    for convention, unc in (("positive_only", False), ("uncertain_as_positive", True)):
+        per = counts(gold, pred, unc)
+        entry = {"per_finding": {}, "micro": {}}
+        for f, (tp, fp, fn) in zip(MAPPED, per):
+            p, r, f1 = prf(tp, fp, fn)
+            entry["per_finding"][f] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
+                                       "tp": int(tp), "fp": int(fp), "fn": int(fn)}
+        for part, mask in parts.items():
+            p, r, f1 = prf(*counts(gold[mask], pred[mask], unc).sum(0))
+            entry["micro"][part] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
+                                    "reports": int(mask.sum())}
+        low, high = bootstrap_interval(gold, pred, unc)
+        entry["micro"]["all"]["f1_95ci"] = [round(low, 4), round(high, 4)]
+        result[convention] = entry
+    return result
+
+
+def reports_per_second(fn, texts, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(texts)
+        best = min(best, time.perf_counter() - start)
+    return len(texts) / best
+
+
+# ------------------------------------------------------------------ mistakes by category
+# The abnormalities the lists lacked before this benchmark's changes (now in other_findings.yaml).
+_ADDED_ABNORMAL = re.compile(
+    r"spondylo|spur|endplate change|arthrit|curvature|tortuo|unfold|ectasia|ectatic|aneurysm|dissection|"
+    r"dilated (?:\w+ )?aorta|lesion|post[\s-]*(?:operative|surgical|traumatic) change|(?:surgical|thoracotomy|"
+    r"sternotomy) changes|hypoinflat|hypoventilat|hypoexpan|(?:low|decreased|diminished|reduced) (?:lung )?volume|"
+    r"lung volumes (?:are|is) (?:\w+ )?(?:low|decreased)|crowding|(?:enlarged|dilated|prominent) (?:left|right) "
+    r"(?:ventricle|atrium)|lymph node|lobulated|senescent")
+_HIDDEN_PREDICATE = re.compile(r"\b(?:heart|cardiac|mediastin\w*)\b[^.]*\b(?:has|have|is|are)\s+xxxx\b")
+_STABLE = re.compile(r"stabl|unchanged|change|similar")
+_PAST_INFECTION = re.compile(r"granulomatous|tubercul|histoplasm|prior|previous|\bold\b")
+_HEDGE_MISSED = re.compile(r"appropriate clinical|question|may be compatible")
+STRUCTURES = ("structure", "negated_only")
+
+
+def _category(text: str, finding: str, gold: bool, value: float, mentions: list[dict]) -> str:
+    """One wrong finding (positive-only convention) -> the kind of mistake, from the decisions taken."""
+    low = text.lower()
+    if finding == "No Finding":
+        if not gold:
+            if _ADDED_ABNORMAL.search(low):
+                return "No Finding FP: an abnormality the lists lacked (spondylosis, tortuous aorta, low volumes ...)"
+            if _HIDDEN_PREDICATE.search(low):
+                return "No Finding FP: heart predicate hidden by XXXX, rest normal (gold: not normal)"
+            if any(m["finding"] == "Support Devices" and m["label"] == 1 for m in mentions) or "clip" in low:
+                return "No Finding FP: devices / surgical clips only (CheXpert: devices do not count)"
+            return "No Finding FP: nothing abnormal stated (gold quirk)"
+        blocking = [m for m in mentions if m["finding"] != "Support Devices" and m["label"] != 0]
+        if any(m["kind"] in STRUCTURES and m["label"] == 1 and m["trigger"] is None for m in blocking):
+            return "No Finding FN: bare heart / mediastinum word read positive (list subject, word order, XXXX)"
+        if any(m["kind"] in STRUCTURES and m["trigger"] and _STABLE.search(m["trigger"]) for m in blocking):
+            return "No Finding FN: stable silhouette = uncertain (CheXpert rule)"
+        if any(m["label"] == 1 for m in blocking):
+            return "No Finding FN: finding stated, gold normal (degenerative spine, old fracture ...)"
+        return "No Finding FN: hedged finding, gold normal"
+    own = [m for m in mentions if m["finding"] == finding]
+    if not gold:
+        positive = [m for m in own if m["label"] == 1]
+        if any(m["kind"] in STRUCTURES and m["trigger"] is None for m in positive):
+            return "finding FP: bare heart word read positive (list subject, word order, XXXX)"
+        if any(_PAST_INFECTION.search(low[max(0, m["start"] - 40): m["end"]]) for m in positive if finding == "Pneumonia"):
+            return "finding FP: a past infection read as pneumonia"
+        if any(_HEDGE_MISSED.search(low[max(0, m["start"] - 80): m["start"]]) for m in positive):
+            return "finding FP: a hedge not read"
+        return "finding FP: finding stated, gold negative (gold quirk)"
+    if value == -1:
+        hedges = [m for m in own if m["label"] == -1 and not (m["trigger"] and _STABLE.search(m["trigger"]))]
+        return "finding FN: hedged, -1 kept (gold counts hedges positive)" if hedges else "finding FN: stability read as uncertain"
+    return "finding FN: negated, gold positive" if value == 0 else "finding FN: no mention found"
+
+
+def error_categories(texts, gold, pred, mentions, mask) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for i in np.flatnonzero(mask):
+        for f in MAPPED:
+            j = FINDING_INDEX[f]
+            if (gold[i, j] == 1) != (pred[i, j] == 1):
+                key = _category(texts[i], f, bool(gold[i, j] == 1), float(pred[i, j]), mentions[i])
+                counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _mention_dicts(labeler, texts) -> list[list[dict]]:
+    return [[{"finding": m.finding, "label": m.label, "kind": m.kind, "trigger": m.trigger, "start": m.start,
+              "end": m.end} for m in labeler.mentions(t)] for t in texts]
+
+
+_TREE_RUNNER = r"""
+import json, sys, time
+from kdistill.labeler import Labeler
+texts = json.load(open(sys.argv[1]))
+labeler = Labeler()
+labels = labeler.label_reports(texts)
+best = float("inf")
+for _ in range(int(sys.argv[2])):
+    start = time.perf_counter(); labeler.label_reports(texts); best = min(best, time.perf_counter() - start)
+mentions = [[{"finding": m.finding, "label": m.label, "kind": m.kind, "trigger": m.trigger, "start": m.start,
+              "end": m.end} for m in labeler.mentions(t)] for t in texts]
+json.dump({"labels": labels.tolist(), "mentions": mentions, "reports_per_s": len(texts) / best}, sys.stdout)
+"""
+
+
+def run_tree(tree: Path, texts: list[str], repeats: int) -> tuple[np.ndarray, list[list[dict]], float]:
+    """The labeler of another source tree (``tree/kdistill``, e.g. an older commit's), in a child
+    process on the same core: -> (labels, mentions, reports/s)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(texts, fh)
+    try:
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        done = subprocess.run([sys.executable, "-c", _TREE_RUNNER, fh.name, str(repeats)], env=env, check=True,
+                              capture_output=True, text=True, cwd=str(tree))
+    finally:
+        os.unlink(fh.name)
+    out = json.loads(done.stdout)
+    return np.asarray(out["labels"], dtype=np.float32), out["mentions"], float(out["reports_per_s"])
+
+
+# ------------------------------------------------------------------ table
+def print_table(results: dict) -> None:
+    names = list(results)
+    for convention in ("positive_only", "uncertain_as_positive"):
+        print(f"\n{convention.replace('_', ' ')}: precision / recall / F1 per finding (all {results[names[0]]['reports']} reports)")
+        print(f"{'finding':<18}" + "".join(f"{n:>22}" for n in names))
+        for f in MAPPED:
+            cells = [results[n]["scores"][convention]["per_finding"][f] for n in names]
+            print(f"{f:<18}" + "".join(f"{c['precision']:>8.3f}{c['recall']:>7.3f}{c['f1']:>7.3f}" for c in cells))
+        for part in ("develop", "held_out", "all"):
+            cells = [results[n]["scores"][convention]["micro"][part] for n in names]
+            print(f"{'micro ' + part:<18}" + "".join(f"{c['precision']:>8.3f}{c['recall']:>7.3f}{c['f1']:>7.3f}" for c in cells))
+        cis = [results[n]["scores"][convention]["micro"]["all"]["f1_95ci"] for n in names]
+        print(f"{'  F1 95% CI':<18}" + "".join(f"{'[%.3f, %.3f]' % tuple(ci):>22}" for ci in cis))
+    print(f"\n{'reports/s, 1 core':<18}" + "".join(f"{results[n]['reports_per_s']:>22.0f}" for n in names))
+
+
+def print_mistakes(results: dict) -> None:
+    names = [n for n in results if "mistakes" in results[n]]
+    for part in ("develop", "held_out"):
+        keys = sorted({k for n in names for k in results[n]["mistakes"][part]})
+        print(f"\nmistakes by category, {part} part (positive only)" + "".join(f"{n:>14}" for n in names))
+        for key in keys:
+            print(f"  {key:<96}" + "".join(f"{results[n]['mistakes'][part].get(key, 0):>14}" for n in names))
+        print(f"  {'total':<96}" + "".join(f"{sum(results[n]['mistakes'][part].values()):>14}" for n in names))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="IU dev CSV (Reports + 14 CheXpert columns)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--before", default=None, help="a source tree holding an older kdistill/ (e.g. `git archive "
+                        "c815593 kdistill | tar -x -C DIR`) to measure side by side as 'rules before'")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "labeler_real.json"))
+    args = parser.parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
+
+    texts, gold = read_labels(args.data)
+    labeler = Labeler()
+    runs = {}  # name -> (labels, mentions or None, reports/s)
+    if args.before:
+        runs["rules before"] = run_tree(Path(args.before), texts, args.repeats)
+    runs["rules"] = (labeler.label_reports(texts), _mention_dicts(labeler, texts),
+                     reports_per_second(labeler.label_reports, texts, args.repeats))
+    baselines = {"keyword": KeywordBaseline(labeler), "negex": KeywordBaseline(labeler, NEGEX_WINDOW),
+                 "negex sentence": KeywordBaseline(labeler, 10_000)}
+    for name, model in baselines.items():
+        runs[name] = (model.label_reports(texts), None, reports_per_second(model.label_reports, texts, args.repeats))
+    results = {}
+    held = held_out(len(texts))
+    for name, (pred, mentions, rate) in runs.items():
+        results[name] = {"reports": len(texts), "scores": score(gold, pred), "reports_per_s": round(rate, 1)}
+        if mentions is not None:
+            results[name]["mistakes"] = {"develop": error_categories(texts, gold, pred, mentions, ~held),
+                                         "held_out": error_categories(texts, gold, pred, mentions, held)}
+    print_table(results)
+    print_mistakes(results)
+    write_json(args.out, {
+        "data": str(args.data),
+        "findings": list(MAPPED),
+        "held_out": f"index % {HELD_OUT_EVERY} == {HELD_OUT_EVERY - 1}",
+        "variants": results,
+        "load_average_1min": round(os.getloadavg()[0], 2),  # timings are only as good as the machine is idle
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "command": "python benchmarks/labeler_real.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    })
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
