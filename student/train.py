@@ -20,9 +20,7 @@ installed.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import importlib.util
 import logging
 import math
 import os
@@ -38,17 +36,16 @@ from kdistill import scoring
 from kdistill.errors import DataError
 from kdistill.io import nonfinite_to_none, write_json
 from kdistill.outputs import own_output, pop_overwrite
-from kdistill.training import Checkpoints, cosine_schedule, set_num_threads
+from kdistill.training import Checkpoints, cosine_schedule
 from student import checkpoint as ckpt
 from student.augment import augment
 from student.losses import student_loss
 from student.train_config import StudentTrainConfig
 from student.train_data import build_datasets, load_inputs
+from student.train_support import (CsvLog, RunningMeans, clear_previous_run, make_accelerator, param_groups,
+                                   selection_score)
 
 log = logging.getLogger("kdistill.student")
-
-LOG_COLUMNS = ("step", "epoch", "lr", "loss", "cls", "rep", "kd", "emb", "tok", "val_loss", "val_micro_auc",
-               "val_macro_auc", "images_per_s")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -87,7 +84,7 @@ class Run:
     state: TrainState
     resumed_from: Path | None
     wrong_size: dict[str, int | None]
-    csv_log: "_CsvLog"
+    csv_log: "CsvLog"
     started: float
     best_val: dict[str, Any] | None = None
 
@@ -137,7 +134,7 @@ def setup(cfg: StudentTrainConfig, out_dir: str | Path, prepared, tokenizer, rat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed = cfg.seed if cfg.seed is not None else seed
-    accelerator = _make_accelerator(cfg, out_dir)
+    accelerator = make_accelerator(cfg, out_dir)
     set_seed(seed)
 
     data = build_datasets(cfg, prepared, tokenizer, rationales, tokenizer_dir, rationale_path, prepared_path)
@@ -154,7 +151,7 @@ def setup(cfg: StudentTrainConfig, out_dir: str | Path, prepared, tokenizer, rat
                           num_workers=cfg.num_workers, drop_last=True)
     val_dl = DataLoader(data.validate, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate,
                         num_workers=cfg.num_workers)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     # Scheduled in optimizer steps and stepped by us (not prepared: accelerate would step it once
     # per process), so the schedule is the same for any number of processes.
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
@@ -170,7 +167,7 @@ def setup(cfg: StudentTrainConfig, out_dir: str | Path, prepared, tokenizer, rat
         scheduler.load_state_dict(blob["scheduler"])
         log.info("resumed from %s (step %d)", resumed_from, state.step)
     elif accelerator.is_main_process:
-        _clear_previous_run(out_dir, checkpoints)
+        clear_previous_run(out_dir, checkpoints)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         cfglib.save_json({**cfglib.to_dict(cfg), "model": cfglib.to_dict(data.model_cfg), "seed": seed},
@@ -179,7 +176,7 @@ def setup(cfg: StudentTrainConfig, out_dir: str | Path, prepared, tokenizer, rat
     if accelerator.trackers:
         accelerator.init_trackers("student", config={"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": seed,
                                                      **{f"w_{k}": v for k, v in cfg.loss.terms().items()}})
-    csv_log = _CsvLog(out_dir / "train_log.csv", accelerator.is_main_process, state.step if resumed_from else None)
+    csv_log = CsvLog(out_dir / "train_log.csv", accelerator.is_main_process, state.step if resumed_from else None)
     return Run(cfg, out_dir, seed, accelerator, model, data.model_cfg, data, train_dl, val_dl, sampler, optimizer,
                scheduler, checkpoints, state, resumed_from, wrong_size, csv_log, started)
 
@@ -217,7 +214,7 @@ def fit(run: Run) -> None:
 
     cfg, state, accelerator = run.cfg, run.state, run.accelerator
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc="student")
-    window = _Window()
+    window = RunningMeans()
     stop = state.step >= cfg.max_steps
     run.model.train()
     try:
@@ -317,7 +314,7 @@ def _train_step(run: Run, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str
     return loss, terms
 
 
-def _after_step(run: Run, window: "_Window", bar) -> bool:
+def _after_step(run: Run, window: "RunningMeans", bar) -> bool:
     """Logging, validation (best weights kept), early stopping and resumable states on their
     schedules after optimizer step ``state.step``. Returns whether to stop."""
     cfg, state, accelerator = run.cfg, run.state, run.accelerator
@@ -331,7 +328,7 @@ def _after_step(run: Run, window: "_Window", bar) -> bool:
         window.started += time.time() - t_eval  # images/s counts training time only
         row.update(val_loss=round(last_val["loss"], 5), val_micro_auc=last_val.get("micro_auc"),
                    val_macro_auc=last_val.get("macro_auc"))
-        score = _score(last_val, cfg.select_metric)
+        score = selection_score(last_val, cfg.select_metric)
         if state.best is None or score > state.best:
             state.best, state.best_step, state.bad_evals = score, state.step, 0
             run.best_val = last_val
@@ -355,27 +352,6 @@ def _after_step(run: Run, window: "_Window", bar) -> bool:
     return stop or state.step >= cfg.max_steps
 
 
-class _Window:
-    """Running means of the loss terms and the image rate since the last log row."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.n, self.images, self.started = 0, 0, time.time()
-
-    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], images: int) -> None:
-        for k, v in {"loss": loss, **terms}.items():  # tensors: no device sync per step
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
-        self.n += 1
-        self.images += images
-
-    def flush(self, accelerator) -> dict[str, Any]:
-        avg = accelerator.reduce(torch.stack([self.sums[k] / self.n for k in self.sums]), "mean")
-        row = {k: round(float(v), 5) for k, v in zip(self.sums, avg)}
-        row["images_per_s"] = round(self.images / max(time.time() - self.started, 1e-9), 2)
-        self.__init__()
-        return row
-
-
 def _check_finite(run: Run, loss: torch.Tensor, batch) -> None:
     """Every process agrees on stopping when any has a non-finite loss; the message names its studies."""
     accelerator, state, out_dir = run.accelerator, run.state, run.out_dir
@@ -394,31 +370,6 @@ def _check_finite(run: Run, loss: torch.Tensor, batch) -> None:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _make_accelerator(cfg: StudentTrainConfig, out_dir: Path):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    trackers = "tensorboard" if cfg.tensorboard and importlib.util.find_spec("tensorboard") else None
-    # A loss term with weight 0 leaves part of the model out of the graph; DDP must then not wait
-    # for its gradients (the search for unused parameters costs a graph traversal, so only then).
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=not all(cfg.loss.terms().values()))
-    precision = None if cfg.mixed_precision == "auto" else cfg.mixed_precision
-    acc = Accelerator(cpu=cfg.cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
-                      log_with=trackers, project_dir=str(out_dir), kwargs_handlers=[ddp])
-    if acc.device.type == "cpu":
-        set_num_threads(cfg.num_threads, acc.num_processes)
-    return acc
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        # Norms, biases, embeddings and learned queries are not decayed (as CLIP/CoCa training).
-        (no_decay if p.ndim < 2 or "embedding" in name or "queries" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _model_inputs(batch: dict[str, Any], cfg: StudentTrainConfig) -> dict[str, Any]:
     inputs = {"images": batch["images"]}
     if cfg.loss.rep:
@@ -428,44 +379,6 @@ def _model_inputs(batch: dict[str, Any], cfg: StudentTrainConfig) -> dict[str, A
         inputs["rationale_mask"] = batch["rationale_mask"]
         inputs["with_embedding"] = bool(cfg.loss.emb)
     return inputs
-
-
-def _score(metrics: dict[str, Any], select: str) -> float:
-    if select == "loss":
-        return -metrics["loss"]
-    value = metrics.get("micro_auc", math.nan)
-    return -metrics["loss"] * 1e-6 if math.isnan(value) else value  # no AUC (one class): fall back on loss
-
-
-def _clear_previous_run(out_dir: Path, checkpoints: Checkpoints) -> None:
-    """A fresh run in a used folder: drop the old run's states and results (only the files this
-    module writes), so old step_N folders are neither kept as newest nor mistaken for resumable."""
-    checkpoints.clear()
-    for name in (ckpt.WEIGHTS, ckpt.THRESHOLDS, ckpt.METRICS, ckpt.CONFIG, "train_log.csv"):
-        (out_dir / name).unlink(missing_ok=True)
-
-
-class _CsvLog:
-    """train_log.csv on the main process; on resume rows after the resumed step are dropped."""
-
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
-        self.path, self.enabled = path, enabled
-        if not enabled:
-            return
-        rows = []
-        if resume_step is not None and path.is_file():
-            with path.open() as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-        with path.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=LOG_COLUMNS).writerow({k: row.get(k, "") for k in LOG_COLUMNS})
 
 
 # ----------------------------------------------------------------------------- entry points
