@@ -1,5 +1,7 @@
 """Operating-point policies on small validation splits: F1-optimal against prevalence-matched.
 
+    kdistill data synth --out runs/heldout_phantom --n 1000 --seed 1 corpus_mb=0.1
+    kdistill data prepare runs/heldout_phantom --size 128 --out runs/heldout_phantom/prepared
     .venv/bin/python benchmarks/operating_points.py --checkpoint runs/demo/student \
         --heldout runs/heldout_phantom/prepared [--demo runs/demo/prepared] [--draws 200 --val 61]
 

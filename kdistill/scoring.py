@@ -155,12 +155,9 @@ def read_thresholds(folder: str | Path) -> np.ndarray | None:
     Anything else (not JSON, a wrong count, a non-number) is a ``DataError`` naming the file.
     """
     path = Path(folder) / THRESHOLDS_FILE
-    if not path.is_file():
+    data = _read_json(path)
+    if data is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(path, f"not valid JSON: {err}") from None
     if isinstance(data, dict) and "thresholds" in data:
         names = data.get("findings")
         data = data["thresholds"]
@@ -180,3 +177,23 @@ def read_thresholds(folder: str | Path) -> np.ndarray | None:
     if not np.isfinite(values).all():
         raise DataError(path, "thresholds must be finite numbers")
     return values
+
+
+def thresholds_info(folder: str | Path) -> dict[str, Any] | None:
+    """Everything a folder's ``thresholds.json`` says besides the values (``policy``, ``chosen_on``,
+    ``n_studies``, ``defaulted``, ``f1``), for the pages and the model card; None when it has no
+    such file or the file is the bare-list form. Files written before ``policy`` existed were
+    F1-optimal: read them as ``policy: "f1"``."""
+    data = _read_json(Path(folder) / THRESHOLDS_FILE)
+    if not isinstance(data, dict) or "thresholds" not in data:
+        return None
+    return {"policy": "f1", **data}
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(path, f"not valid JSON: {err}") from None

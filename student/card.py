@@ -7,7 +7,6 @@ policy, and that its output is research output, not a diagnosis.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ def write_model_card(out_dir: str | Path, cfg, model_cfg, metrics: dict[str, Any
     (their ``targets``/``target_mask`` give the label counts); thresholds come from the folder's
     ``thresholds.json`` when it has one."""
     out_dir = Path(out_dir)
-    thresholds = _read_json(out_dir / scoring.THRESHOLDS_FILE)
+    thresholds = scoring.thresholds_info(out_dir)
     lines = ["# kdistill student checkpoint", "", f"> {RESEARCH_USE}", ""]
     lines += _what_it_is(model_cfg)
     lines += _trained_on(cfg, metrics, train, validate)
@@ -132,13 +131,6 @@ def _positives(train) -> np.ndarray | None:
 
 def _count(split) -> str:
     return "?" if split is None else str(len(split))
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _fmt(value: Any) -> str:

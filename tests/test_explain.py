@@ -220,3 +220,41 @@ def test_kdistill_explain_end_to_end_with_a_real_checkpoint(tmp_path):
     assert all((tmp_path / "prep" / folders[0] / f["map"]["file"]).is_file() for f in record["findings"] if f["map"])
     assert record["agreement"]["counted"] > 0 and isinstance(record["report"]["generated"], str)
     assert "img1.png" in (tmp_path / "files" / "index.html").read_text()
+
+    # the pipeline's stage: the run folder's checkpoint and cache, a summary.json can hold
+    from kdistill.pipeline import RunContext, _by_name
+    from student.explain import run_stage
+
+    run_dir = tmp_path / "run"
+    for stage, source in (("student", ckpt), ("prepare", tmp_path / "prepared")):
+        (run_dir / _by_name(stage).folder).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / _by_name(stage).folder).symlink_to(source)
+    summary = run_stage(ExplainConfig(max_studies=2, max_new_tokens=4), RunContext(run_dir, "t", 0))
+    assert json.loads(json.dumps(summary, allow_nan=False))["n_studies"] == 2
+    assert summary["index"] == str(run_dir / "explain" / "index.html") and 0 <= summary["reports_ended"] <= 1
+
+
+def test_generation_stops_at_end_of_text_and_its_budget_defaults_to_the_checkpoints_length(tmp_path):
+    import torch
+
+    import student
+
+    model = student.load(tiny_checkpoint(tmp_path / "ckpt"))
+    eos, word = model.tokens.eos_id, model.tokens.encode(["heart"])[0][0]
+    calls = []
+
+    class Head(torch.nn.Module):  # two tokens, then end-of-text, whatever the budget
+        def forward(self, hidden):
+            calls.append(hidden.shape[0])
+            logits = torch.zeros(*hidden.shape[:-1], model.cfg.vocab_size)
+            logits[..., eos if len(calls) % 3 == 0 else word] = 1.0
+            return logits
+
+    model.decoder.lm_head = Head()
+    seen = []
+    generate = model.generate_texts
+    model.generate_texts = lambda tokens, n, rationales=True: seen.append(n) or generate(tokens, n, rationales)
+    out = model.predict(gradient_images(1) / 255.0, max_new_tokens=None)
+    assert seen == [model.cfg.max_text_len] == [48]
+    assert len(calls) == 6  # 3 steps for the rationale, 3 for the report: stopped at eos, not at 48
+    assert out["reports"][0] == model.tokens.decode([word, word]) == out["rationales"][0] != ""

@@ -32,7 +32,7 @@ def operating_text(info: dict[str, Any] | None) -> dict[str, str]:
     if not info:
         text = "fixed at 0.5 (the checkpoint has no thresholds.json)"
     else:
-        policy = info.get("policy", "f1")  # files written before the policy knob were F1-optimal
+        policy = info.get("policy", "f1")
         where = f"the {info.get('chosen_on', 'validation')} split"
         if info.get("n_studies"):
             where += f" ({info['n_studies']} studies)"

@@ -4,7 +4,6 @@ pipeline's explain stage (:func:`run_stage`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,7 +12,7 @@ import numpy as np
 
 from kdistill.data.images import to_unit_float
 from kdistill.errors import DataError
-from kdistill.scoring import THRESHOLDS_FILE
+from kdistill.scoring import thresholds_info
 from student.explain.config import ExplainConfig
 from student.explain.pages import write_pages
 from student.explain.paths import unique_ids
@@ -91,18 +90,6 @@ def _text(result: dict, key: str, i: int) -> str:
     return texts[i] if i < len(texts) else ""
 
 
-def read_operating(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The checkpoint's thresholds.json as a dict (policy, chosen_on, n_studies, defaulted), if any."""
-    path = Path(checkpoint) / THRESHOLDS_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(path, f"not valid JSON: {err}") from None
-    return data if isinstance(data, dict) else None
-
-
 def explain_prepared(checkpoint: str | Path, prepared: str | Path, out_dir: str | Path, cfg: ExplainConfig) -> dict:
     """Explain the first ``cfg.max_studies`` studies of a prepared cache split."""
     from kdistill.data.prepare import load_prepared, read_batch
@@ -129,7 +116,7 @@ def explain_prepared(checkpoint: str | Path, prepared: str | Path, out_dir: str 
         records += explain_batch(model, batch["image"], batch["study_id"], out_dir, cfg, references=refs,
                                  labels=batch.get("labels"), regions=batch.get("roi_bits"),
                                  sources=[source] * len(batch["study_id"]))
-    return write_pages(records, Path(out_dir), str(checkpoint), read_operating(checkpoint), source=source,
+    return write_pages(records, Path(out_dir), str(checkpoint), thresholds_info(checkpoint), source=source,
                        wall_s=time.time() - started)
 
 
@@ -151,7 +138,7 @@ def explain_files(checkpoint: str | Path, paths: Sequence[str | Path], out_dir: 
         records += explain_batch(model, np.stack([resize(a, size) for a in full]), ids[start:start + len(chunk)],
                                  out_dir, cfg, displays=[_fit(a, cfg.display_size) for a in full],
                                  sources=[f"image file {p}" for p in chunk], folder_labels=[p.name for p in chunk])
-    return write_pages(records, Path(out_dir), str(checkpoint), read_operating(checkpoint), source="image files",
+    return write_pages(records, Path(out_dir), str(checkpoint), thresholds_info(checkpoint), source="image files",
                        wall_s=time.time() - started)
 
 
