@@ -258,3 +258,16 @@ def test_generation_stops_at_end_of_text_and_its_budget_defaults_to_the_checkpoi
     assert seen == [model.cfg.max_text_len] == [48]
     assert len(calls) == 6  # 3 steps for the rationale, 3 for the report: stopped at eos, not at 48
     assert out["reports"][0] == model.tokens.decode([word, word]) == out["rationales"][0] != ""
+
+
+def test_deletion_auc_is_shown_when_asked_for_with_its_random_order_reference(tmp_path):
+    import student
+
+    model = student.load(tiny_checkpoint(tmp_path / "ckpt"))
+    cfg = ExplainConfig(figures=["energy_in_region", "deletion_auc"], deletion_steps=2, max_new_tokens=2)
+    records = explain_batch(model, gradient_images(1), ["s"], tmp_path / "out", cfg)
+    for row in records[0]["findings"]:
+        if row["map"] is None:
+            continue
+        (figure,) = row["map"]["figures"]  # no regions given: energy in region is left out
+        assert figure["name"] == "deletion_auc" and 0 <= figure["value"] <= 1 and 0 <= figure["reference"] <= 1
