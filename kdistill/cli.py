@@ -24,9 +24,19 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("teacher", "generate"), "teacher.generate", "write teacher rationales into the rationale cache"),
     (("student", "train"), "student.train", "train the student with accelerate"),
     (("eval",), "eval.run", "score a checkpoint or a predictions file"),
-    (("explain",), "student.explain", "write explained reports (JSON + HTML overlays)"),
+    (("explain",), "student.explain", "write explained reports: per-study pages, a sortable index, JSON"),
     (("run",), "kdistill.pipeline", "run every stage of a config in order"),
 ]
+
+
+def _group_usage(group: str) -> str:
+    """The subcommands of a command group (``kdistill data``, ``teacher``, ``student``)."""
+    lines = [f"usage: kdistill {group} SUBCOMMAND [options]", "", "subcommands:"]
+    for words, _, text in COMMANDS:
+        if len(words) > 1 and words[0] == group:
+            lines.append(f"  {words[1]:<20}{text}")
+    lines += ["", f"Run 'kdistill {group} SUBCOMMAND --help' for a subcommand's options."]
+    return "\n".join(lines)
 
 
 def _usage() -> str:
@@ -69,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
                 where = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
                 print(f"{prog}: error: {where}: {err.strerror or err}", file=sys.stderr)
                 return 1
+    groups = {words[0] for words, _, _ in COMMANDS if len(words) > 1}
+    if argv[0] in groups:
+        asked = len(argv) > 1 and argv[1] in ("-h", "--help")
+        if not asked and len(argv) > 1:
+            print(f"kdistill {argv[0]}: unknown subcommand {argv[1]!r}\n", file=sys.stderr)
+        print(_group_usage(argv[0]), file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     print(f"kdistill: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
     return 2
 

@@ -327,4 +327,29 @@ def main(argv: list[str] | None = None, prog: str = "kdistill run") -> int:
     print(f"run folder: {run_dir}")
     for name, state in result["stages"].items():
         print(f"  {name:<{width}}  {state}")
+    print(headline_table(result["outputs"]))
     return 0
+
+
+def headline_table(outputs: dict[str, dict[str, Any]]) -> str:
+    """The end-of-run summary: headline figures and where to read more, from the stages' summaries
+    (what ``summary.json`` holds under "outputs"); a figure a stage did not produce reads n/a."""
+    ev, ex = outputs.get("eval") or {}, outputs.get("explain") or {}
+    labeler = "chexbert_f1" if "chexbert_f1/micro_14" in ev else "chexpert_rules_f1"
+
+    def fmt(value: Any, percent: bool = False) -> str:
+        if not isinstance(value, (int, float)) or value != value:
+            return "n/a"
+        return f"{100 * value:.0f}%" if percent else f"{value:.3f}"
+
+    rows = [("micro-AUC, 14 findings (eval split)", fmt(ev.get("auc_micro_14"))),
+            (f"label F1 of the reports ({labeler}, micro, 14)", fmt(ev.get(f"{labeler}/micro_14"))),
+            ("rationale consistency F1 (labeler vs study labels)", fmt(ev.get("rationale_consistency/f1"))),
+            ("explained reports that end with a full sentence", fmt(ex.get("reports_ended"), percent=True))]
+    metrics = ev.get("metrics")
+    summary_md = Path(metrics).with_name("summary.md") if metrics else None
+    paths = [("eval summary", str(summary_md) if summary_md and summary_md.is_file() else "n/a (eval did not run)"),
+             ("explained reports", str(ex["index"]) if ex.get("index") else "n/a (explain did not run)")]
+    width = max(len(name) for name, _ in rows + paths)
+    lines = ["", "headline figures:"] + [f"  {name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines + [""] + [f"  {name:<{width}}  {value}" for name, value in paths])

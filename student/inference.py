@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdistill.scoring import decide
 from student.data import to_float_images
 
 
@@ -25,16 +26,24 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def predict(model, images, batch_size: int = 32, max_new_tokens: int = 64, texts: bool = True,
+def predict(model, images, batch_size: int = 32, max_new_tokens: int | None = 64, texts: bool = True,
             rationales: bool = True) -> dict[str, Any]:
     """Run the student on images (uint8 0-255 or float 0-1), in batches, on the model's device.
 
-    Returns "probs" (B, 14) float32, "decisions" (B, 14) bool (thresholds.json), "reports" and
+    Texts are greedy and stop at the tokenizer's end-of-text token; ``max_new_tokens`` caps each
+    text (None: as long as the checkpoint's ``max_text_len`` allows, the most it was trained to
+    write). A text that reached the cap may end mid-sentence: ``student.explain.texts`` finds and
+    trims those.
+
+    Returns "probs" (B, 14) float32, "decisions" (B, 14) bool (thresholds.json, with "No Finding"
+    consistent with the other findings: ``kdistill.scoring.decide``), "reports" and
     "rationales" (lists of str; empty when ``texts`` is False; "rationales" also when ``rationales``
     is False, for callers that score reports only) and "maps" (B, 14, H, W): the finding
     attention maps upsampled to the input size (of the first image when sizes differ).
     """
     items: Sequence = _as_list(images)
+    if max_new_tokens is None:
+        max_new_tokens = int(model.cfg.max_text_len)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -57,7 +66,7 @@ def predict(model, images, batch_size: int = 32, max_new_tokens: int = 64, texts
     p = torch.cat(probs).numpy() if probs else np.zeros((0, 14), np.float32)
     return {
         "probs": p,
-        "decisions": p >= model.thresholds.cpu().numpy()[None, :],
+        "decisions": decide(p, model.thresholds.cpu().numpy()),
         "reports": reports,
         "rationales": rationale_texts,
         "maps": torch.cat(maps).numpy() if maps else np.zeros((0, 14, 0, 0), np.float32),

@@ -280,10 +280,15 @@ def finish(run: Run) -> dict[str, Any]:
             ckpt.save_weights(run.model_cfg, weights, out_dir)
     if accelerator.is_main_process:
         if "probs" in best_val:
-            th, f1, defaulted = scoring.choose_thresholds(best_val["probs"], best_val["targets"], best_val["mask"])
-            scoring.save_thresholds(out_dir, th, chosen_on="validate", defaulted=defaulted,
+            th, f1, defaulted = scoring.choose_thresholds(best_val["probs"], best_val["targets"], best_val["mask"],
+                                                          policy=cfg.threshold_policy)
+            scoring.save_thresholds(out_dir, th, chosen_on="validate", policy=cfg.threshold_policy,
+                                    n_studies=len(best_val["probs"]), defaulted=defaulted,
                                     f1=[nonfinite_to_none(x) for x in f1])
         write_json(out_dir / ckpt.METRICS, metrics, default=str)
+        from student.card import write_model_card
+
+        write_model_card(out_dir, cfg, run.model_cfg, metrics, run.data.train, run.data.validate)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics

@@ -34,6 +34,9 @@ class StudentTrainConfig:
     resume: bool = True
     patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
     select_metric: Literal["micro_auc", "loss"] = "micro_auc"
+    # Operating points written to thresholds.json (kdistill.scoring.choose_thresholds): "prevalence"
+    # cannot collapse to ~0 for a rare finding on a small validation split; "f1" maximises F1 there.
+    threshold_policy: Literal["prevalence", "f1"] = "prevalence"
     seed: int | None = None  # None: the run's seed
     num_workers: int = 0
     num_threads: int = 0  # CPU threads per process; 0: the cores divided among the processes
@@ -68,5 +71,5 @@ class StudentTrainConfig:
 
         knobs = {k: v for k, v in to_dict(self).items()
                  if k not in ("resume", "prepared", "rationales", "tokenizer", "tensorboard", "log_every",
-                              "num_workers", "keep_checkpoints")}
+                              "num_workers", "keep_checkpoints", "threshold_policy")}
         return config_hash({"config": knobs, "seed": seed})

@@ -83,7 +83,8 @@ def test_the_checkpoints_thresholds_equal_what_eval_chooses_on_the_same_validati
     tok = make_tokenizer(prep)
     cfg = cfglib.from_dict(StudentTrainConfig, {
         "model": TINY_MODEL, "batch_size": 8, "max_steps": 2, "eval_every": 2, "save_every": 0, "warmup_steps": 1,
-        "cpu": True, "num_threads": 1, "loss": {"rep": 0, "kd": 0, "emb": 0}})
+        "cpu": True, "num_threads": 1, "loss": {"rep": 0, "kd": 0, "emb": 0},
+        "threshold_policy": "f1"})  # eval's own choice (no thresholds.json) is F1-optimal
     ckpt = tmp_path / "student"
     train(cfg, ckpt, prep, tok, None)
     saved = scoring.read_thresholds(ckpt)
