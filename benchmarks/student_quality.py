@@ -139,11 +139,12 @@ def corpus_stand_in(data_root: str | Path, prepared, seed: int = 0):
 
 
 def _inputs(prepared: str, tok_dir: str, rat_dir: str | None, stand_in: str | None):
-    from student.data import load_prepared_cache, load_rationale_cache
-    from student.train import load_tokenizer
+    from kdistill.data.prepare import load_prepared as load_prepared_cache
+    from teacher.cache import STUDENT_COLUMNS, load_rationales
+    from student.train_data import load_tokenizer
 
     data = load_prepared_cache(prepared)
-    cache = corpus_stand_in(stand_in, data) if stand_in else load_rationale_cache(rat_dir)
+    cache = corpus_stand_in(stand_in, data) if stand_in else load_rationales(rat_dir, STUDENT_COLUMNS)
     return data, load_tokenizer(tok_dir), cache
 
 
@@ -154,7 +155,7 @@ def _eval_sets(data, split: str, heldout: str | None) -> dict:
     if heldout:
         import datasets
 
-        from student.data import load_prepared_cache
+        from kdistill.data.prepare import load_prepared as load_prepared_cache
 
         other = load_prepared_cache(heldout)
         sets["heldout"] = datasets.concatenate_datasets([other[k] for k in other])

@@ -84,12 +84,13 @@ def main(argv=None) -> int:
     from student.text import TokenSpec
 
     if args.prepared:
-        from student.data import load_prepared_cache, load_rationale_cache
-        from student.train import load_tokenizer
+        from kdistill.data.prepare import load_prepared as load_prepared_cache
+        from teacher.cache import STUDENT_COLUMNS, load_rationales
+        from student.train_data import load_tokenizer
 
         prep = load_prepared_cache(args.prepared)
         tok = load_tokenizer(args.tokenizer)
-        rat = load_rationale_cache(args.rationales)
+        rat = load_rationales(args.rationales, STUDENT_COLUMNS)
         source = args.prepared
     else:
         prep = make_prepared(args.n, 16, size=args.size)

@@ -199,6 +199,9 @@ class EvalConfig:
     chexbert_checkpoint: str | None = None
     chexbert_tokenizer: str | None = None
     batch_size: int = 8
+    # How operating points are chosen on validation when a checkpoint has no thresholds.json, or
+    # from --validate-predictions: the same rule as the student's (kdistill.scoring).
+    threshold_policy: Literal["prevalence", "f1"] = "prevalence"
     seed: int | None = None  # bootstrap and noise draws; None: the run's seed (0 from the command line)
 
     def validate(self) -> None:
@@ -231,15 +234,16 @@ def _thresholds_for_checkpoint(checkpoint: Path, validate_ref: ReferenceSet | No
         return saved, "the checkpoint's thresholds.json (chosen on validation at training time)"
     if validate_ref is not None:
         val_preds, _, _ = predictions_from_checkpoint(checkpoint, validate_ref, cfg.batch_size)
-        return _validation_thresholds(val_preds, validate_ref, cfg.uncertain, f"the {validate_ref.split!r} split")
+        return _validation_thresholds(val_preds, validate_ref, cfg, f"the {validate_ref.split!r} split")
     return None, "fixed 0.5 (no thresholds.json and no validation split)"
 
 
-def _validation_thresholds(preds: Predictions, ref: ReferenceSet, uncertain: str, where: str):
-    y, mask = classification.targets(ref.labels, uncertain=uncertain)
-    t, _, defaulted = scoring.choose_thresholds(preds.probs, y, mask)
+def _validation_thresholds(preds: Predictions, ref: ReferenceSet, cfg: EvalConfig, where: str):
+    y, mask = classification.targets(ref.labels, uncertain=cfg.uncertain)
+    t, _, defaulted = scoring.choose_thresholds(preds.probs, y, mask, policy=cfg.threshold_policy)
     extra = f"; 0.5 for {', '.join(defaulted)} (no validation positive)" if defaulted else ""
-    return t, f"chosen to maximise F1 on {where}{extra}"
+    rule = "to maximise F1" if cfg.threshold_policy == "f1" else "prevalence-matched"
+    return t, f"chosen {rule} on {where}{extra}"
 
 
 def run_stage(cfg: EvalConfig, ctx) -> dict:
@@ -326,8 +330,7 @@ def _score_command(args: argparse.Namespace, cfg: EvalConfig) -> int:
     if args.validate_predictions is not None:
         val_ref = load_references(data, args.prepared, "validate")
         val_preds, val_ref, _ = align(read_predictions(args.validate_predictions), val_ref, allow_missing=True)
-        thresholds, thresholds_source = _validation_thresholds(val_preds, val_ref, cfg.uncertain,
-                                                               str(args.validate_predictions))
+        thresholds, thresholds_source = _validation_thresholds(val_preds, val_ref, cfg, str(args.validate_predictions))
     metrics, notes = evaluate(preds, ref, thresholds=thresholds, thresholds_source=thresholds_source,
                               n_bootstrap=cfg.n_bootstrap, seed=seed, uncertain=cfg.uncertain,
                               labeler=_labeler(cfg.chexbert_checkpoint, cfg.chexbert_tokenizer))

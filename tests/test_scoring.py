@@ -70,7 +70,8 @@ def test_thresholds_file_round_trips_and_bad_files_are_named(tmp_path):
         scoring.save_thresholds(tmp_path, np.full(NUM_FINDINGS, np.nan))
 
 
-def test_the_checkpoints_thresholds_equal_what_eval_chooses_on_the_same_validation_split(tmp_path):
+@pytest.mark.parametrize("policy", ["prevalence", "f1"])
+def test_the_checkpoints_thresholds_equal_what_eval_chooses_on_the_same_validation_split(tmp_path, policy):
     """One rule, two callers: the thresholds ``student train`` writes from its validation pass and
     those ``kdistill eval`` chooses from the checkpoint's validation predictions agree."""
     from eval import run as eval_run
@@ -83,14 +84,14 @@ def test_the_checkpoints_thresholds_equal_what_eval_chooses_on_the_same_validati
     tok = make_tokenizer(prep)
     cfg = cfglib.from_dict(StudentTrainConfig, {
         "model": TINY_MODEL, "batch_size": 8, "max_steps": 2, "eval_every": 2, "save_every": 0, "warmup_steps": 1,
-        "cpu": True, "num_threads": 1, "loss": {"rep": 0, "kd": 0, "emb": 0},
-        "threshold_policy": "f1"})  # eval's own choice (no thresholds.json) is F1-optimal
+        "cpu": True, "num_threads": 1, "loss": {"rep": 0, "kd": 0, "emb": 0}, "threshold_policy": policy})
     ckpt = tmp_path / "student"
     train(cfg, ckpt, prep, tok, None)
     saved = scoring.read_thresholds(ckpt)
     prep.save_to_disk(str(tmp_path / "prepared" / "dataset"))
     (ckpt / "thresholds.json").unlink()  # eval must now choose them itself, on the validate split
     val = references_from_prepared(tmp_path / "prepared", "validate")
-    chosen, source = eval_run._thresholds_for_checkpoint(ckpt, val, eval_run.EvalConfig())
+    chosen, source = eval_run._thresholds_for_checkpoint(ckpt, val, eval_run.EvalConfig(threshold_policy=policy))
     assert "validate" in source
     np.testing.assert_allclose(chosen, saved, rtol=0, atol=1e-6)
+    assert eval_run.EvalConfig().threshold_policy == StudentTrainConfig().threshold_policy  # one default rule
