@@ -236,7 +236,7 @@ def test_thresholds_are_chosen_on_validation_predictions(tiny, tmp_path):
                    "--out", str(out), "n_bootstrap=0"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     y, mask = classification.targets(labels["validate"])
-    expected, _, defaulted = choose_thresholds(val_probs, y, mask)
+    expected, _, defaulted = choose_thresholds(val_probs, y, mask, policy=R.EvalConfig().threshold_policy)
     assert "Fracture" in defaulted and metrics["test/thresholds/Fracture"] == 0.5
     for j, finding in enumerate(FINDINGS):
         assert metrics[f"test/thresholds/{finding}"] == pytest.approx(expected[j])
