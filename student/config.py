@@ -20,6 +20,9 @@ class StudentConfig:
     # CNN towers: the stage whose feature map the heads read, by its stride (8: a 16x16 grid at
     # 128²); the later stages are pruned. None: the last stage. A ViT's stride is its patch size.
     feature_stride: int | None = None
+    # CNN towers: keep the deeper stages too, each through a 1x1 conv to that stage's width,
+    # upsampled to its grid and added (a feature pyramid's top-down sum, no smoothing conv).
+    feature_merge: bool = False
     # Grayscale input: "repeat" to 3 channels, or "sum_conv": the patch conv takes 1 channel, its
     # weights summed over RGB (same function for a gray image, a third of the first-layer compute).
     grayscale: Literal["repeat", "sum_conv"] = "sum_conv"

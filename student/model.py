@@ -1,4 +1,5 @@
-"""The student network: open_clip vision tower, finding query decoder, CoCa-style report decoder.
+"""The student network: a vision tower (student.towers: ViT, CLIP ResNet or timm CNN, all from open_clip
+configs), the finding query decoder, a CoCa-style report decoder.
 
 ``create_student(cfg, tokenizer)`` is the one factory. The model takes float images in [0, 1],
 shape (B, 1, H, W), at ``image_size``; ``predict`` (student.inference) accepts anything looser.
@@ -24,7 +25,7 @@ __all__ = ["CONFIG_DIR", "FindingQueryDecoder", "ReportDecoder", "StudentModel",
 # ----------------------------------------------------------------------------- finding heads
 
 class _QueryLayer(nn.Module):
-    """Class queries cross-attend to the patch tokens; attention weights kept as the class maps."""
+    """Class queries cross-attend to the feature-map tokens; attention weights kept as the class maps."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -87,7 +88,7 @@ class ReportDecoder(nn.Module):
 
         w = cfg.decoder_width
         self.image_proj = nn.Sequential(nn.Linear(image_dim, w), nn.LayerNorm(w))
-        # The finding queries' final states join the patch tokens in the decoder's memory, so the
+        # The finding queries' final states join the image tokens in the decoder's memory, so the
         # report is written from the same evidence the 14 heads classify on.
         self.finding_proj = nn.Sequential(nn.Linear(cfg.head_width, w), nn.LayerNorm(w)) if cfg.decoder_reads_findings else None
         self.text = TextTransformer(

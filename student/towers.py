@@ -14,7 +14,8 @@ Families (``tower_family``): ``vit`` (open_clip VisionTransformer: the last bloc
 layer-normed), ``modified_resnet`` (open_clip's CLIP ResNet) and ``timm`` (any timm model through
 open_clip's TimmModel, ``timm_model_pretrained`` forced off). A CNN tower reads the stage chosen
 by ``feature_stride`` (8 gives a 16x16 grid at 128²; None: its last stage); the stages after it
-are pruned, so a finer grid also costs less. CNN tokens get a learned position embedding (the
+are pruned (a finer grid then costs less), or, with ``feature_merge``, added into it
+upsampled (a feature pyramid's top-down sum: the fine grid with the deep stages' context). CNN tokens get a learned position embedding (the
 heads' and the decoder's attention is otherwise blind to where a token is: left vs right).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from student.config import StudentConfig
@@ -129,12 +131,39 @@ class ViTTower(VisionTower):
 
 
 class _CNNTower(VisionTower):
-    """A CNN read at one stage: channels-last (faster convolutions on CPU), plus token positions."""
+    """A CNN read at one stage (``feature_stride``), optionally with the deeper stages merged into
+    it (``feature_merge``): each through a 1x1 conv to the stage's width, upsampled bilinearly to
+    its grid and added, a feature pyramid's top-down sum. Channels-last (faster convolutions on
+    CPU), plus a learned position embedding of the tokens. Subclasses set ``self.indices`` (the
+    stages read, the chosen one first) and implement ``stage_maps``."""
+
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _stages(self, reductions: list[int]) -> None:
+        self.stage = _stage_index(reductions, self.cfg.feature_stride, self.family)
+        last = len(reductions) - 1 if self.cfg.feature_merge else self.stage
+        self.indices = list(range(self.stage, last + 1))
 
     def _finish(self) -> None:
         self.model.to(memory_format=torch.channels_last)
+        training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            widths = [int(m.shape[1]) for m in self.stage_maps(torch.zeros(1, 3, *self.image_size))]
+        self.model.train(training)
+        self.lateral = nn.ModuleList(nn.Conv2d(w, widths[0], 1) for w in widths[1:]) if len(widths) > 1 else None
+        if self.lateral is not None:
+            self.lateral.to(memory_format=torch.channels_last)
         self._probe()
         self.pos_embed = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], self.width) * 0.02)
+
+    def feature_map_of(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.stage_maps(x)
+        out = maps[0]
+        for conv, deeper in zip(self.lateral or (), maps[1:]):
+            out = out + F.interpolate(conv(deeper), size=out.shape[-2:], mode="bilinear", align_corners=False)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.contiguous(memory_format=torch.channels_last)) + self.pos_embed
@@ -160,19 +189,22 @@ class ModifiedResNetTower(_CNNTower):
 
     def __init__(self, model: nn.Module, cfg: StudentConfig):
         super().__init__(model, cfg)
-        self.stage = _stage_index([4, 4, 8, 16, 32], cfg.feature_stride, self.family)
+        self._stages([4, 4, 8, 16, 32])
         model.attnpool = None
-        for name in self.STAGES[self.stage + 1:]:
+        for name in self.STAGES[self.indices[-1] + 1:]:
             setattr(model, name, None)
         self._finish()
 
     def first_conv_name(self) -> str:
         return "conv1"
 
-    def feature_map_of(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.STAGES[: self.stage + 1]:
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = []
+        for i, name in enumerate(self.STAGES[: self.indices[-1] + 1]):
             x = getattr(self.model, name)(x)
-        return x
+            if i in self.indices:
+                maps.append(x)
+        return maps
 
 
 class TimmTower(_CNNTower):
@@ -185,8 +217,8 @@ class TimmTower(_CNNTower):
         trunk = model.trunk
         if not hasattr(trunk, "forward_intermediates") or not getattr(trunk, "feature_info", None):
             raise ValueError(f"timm model {type(trunk).__name__}: the student needs forward_intermediates and feature_info")
-        self.stage = _stage_index([int(f["reduction"]) for f in trunk.feature_info], cfg.feature_stride, self.family)
-        trunk.prune_intermediate_layers([self.stage], prune_norm=True, prune_head=True)
+        self._stages([int(f["reduction"]) for f in trunk.feature_info])
+        trunk.prune_intermediate_layers(self.indices, prune_norm=True, prune_head=True)
         model.head = nn.Identity()  # open_clip's pooling / projection: unused
         self._finish()
 
@@ -197,9 +229,9 @@ class TimmTower(_CNNTower):
             name = next(n for n, m in self.model.trunk.named_modules() if isinstance(m, nn.Conv2d))
         return f"trunk.{name}"
 
-    def feature_map_of(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.trunk.forward_intermediates(x, indices=[self.stage], norm=False, intermediates_only=True,
-                                                      output_fmt="NCHW")[-1]
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.trunk.forward_intermediates(x, indices=self.indices, norm=False, intermediates_only=True,
+                                                      output_fmt="NCHW")
 
 
 # ----------------------------------------------------------------------------- building

@@ -27,6 +27,8 @@ FAMILIES = {
                         "modified_resnet", 128),
     "timm_resnet18": ({"vision_model": "kdistill-resnet18", "feature_stride": 8, "vision_overrides": {"image_size": SIZE}},
                       "timm", 128),
+    "timm_resnet18_merged": ({"vision_model": "kdistill-resnet18", "feature_stride": 8, "feature_merge": True,
+                              "vision_overrides": {"image_size": SIZE}}, "timm", 128),
     "timm_convnext": ({"vision_model": "kdistill-convnext-atto", "feature_stride": 8,
                        "vision_overrides": {"image_size": SIZE}}, "timm", 80),
 }
@@ -146,6 +148,21 @@ def test_timm_tower_loads_a_local_timm_checkpoint_and_prunes_later_stages(tok, t
     save_file({k: v.contiguous() for k, v in wrong.items()}, str(tmp_path / "partial.safetensors"))
     with pytest.raises(ValueError, match="missing"):
         _model("timm_resnet18", tok, vision_pretrained=str(tmp_path / "partial.safetensors"))
+
+
+def test_feature_merge_adds_the_deeper_stages_upsampled_to_the_chosen_grid(tok):
+    import torch.nn.functional as F
+
+    model = _model("timm_resnet18_merged", tok).eval()
+    trunk, lateral = model.visual.model.trunk, model.visual.lateral
+    assert len(lateral) == 2 and any(k.startswith("visual.model.trunk.layer4") for k in model.state_dict())
+    x = (_images(2) - 0.5) / 0.25
+    with torch.no_grad():
+        fine, mid, deep = trunk.forward_intermediates(x, indices=[2, 3, 4], intermediates_only=True)
+        up = lambda t: F.interpolate(t, size=fine.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
+        expected = fine + up(lateral[0](mid)) + up(lateral[1](deep))
+        got = model.visual(x) - model.visual.pos_embed
+    assert torch.allclose(got, expected.flatten(2).transpose(1, 2), atol=1e-5)
 
 
 def test_feature_stride_picks_the_stage_and_refuses_one_the_tower_lacks(tok):
