@@ -288,9 +288,35 @@ def print_table(summary: dict[str, dict[str, Any]], sets: list[str]) -> None:
         print(f"| {name} | {row['seeds']} | {row['train_s']:.0f} | " + " | ".join(cells) + " |")
 
 
+def combine(files: list[str], out: Path) -> int:
+    """One table from several runs on the same data and steps (each run one model or seed)."""
+    from kdistill.io import write_json
+
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    for key in ("steps", "batch_size", "sets", "train_studies"):
+        if len({json.dumps(r[key]) for r in runs}) != 1:
+            raise SystemExit(f"--combine: the runs differ in {key}: {[r[key] for r in runs]}")
+    merged: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        for name, by_seed in r["per_seed"].items():
+            merged.setdefault(name, {}).update(by_seed)
+    sets = list(runs[0]["sets"])
+    summary = summarise(merged, sets)
+    print_table(summary, sets)
+    first = runs[0]
+    write_json(out, {**{k: first[k] for k in ("what", "steps", "batch_size", "threads", "sets", "train_studies",
+                                              "cpu_count", "torch")},
+                     "command": [r["command"] for r in runs], "seeds": sorted({s for b in merged.values() for s in b}),
+                     "summary": summary, "per_seed": merged,
+                     "student": {k: v for r in runs for k, v in r.get("student", {}).items()}})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--prepared", required=True, help="prepared cache: train / validate / test splits")
+    p.add_argument("--combine", nargs="+", help="merge the per-seed results of earlier runs' JSON files "
+                                               "(run models in parallel, one file each) into --out, and print the table")
+    p.add_argument("--prepared", help="prepared cache: train / validate / test splits")
     p.add_argument("--heldout", nargs="*", default=[], help="prepared caches scored on all their studies")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -312,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("student_overrides", nargs="*", help="key=value overrides of the student section")
     args = p.parse_intermixed_args(argv)
 
+    if args.combine:
+        return combine(args.combine, Path(args.out))
+    if not args.prepared:
+        p.error("--prepared is required (or --combine)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
