@@ -8,12 +8,21 @@ from typing import Any, Literal
 @dataclasses.dataclass
 class StudentConfig:
     # Vision tower: an open_clip model config name (built-in, or a JSON shipped in student/configs/,
-    # or a path to such a JSON file); only its vision tower is kept.
+    # or a path to such a JSON file); only its vision tower is kept. Its family follows from the
+    # config (student.towers): a ViT, open_clip's CLIP ResNet (layers as a list), or a timm model
+    # (timm_model_name; never fetched: timm_model_pretrained is forced off).
     vision_model: str = "kdistill-vit-tiny"
-    # open_clip pretrained tag (needs network once) or a local checkpoint file of that open_clip model.
+    # A local weights file: a whole open_clip model's checkpoint (keys "visual.*") or the tower's
+    # own state dict (a timm model's for timm towers); or an open_clip tag (needs network once).
     vision_pretrained: str | None = None
     # Keys merged into the config's vision_cfg (e.g. {"image_size": 64, "layers": 2}).
     vision_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # CNN towers: the stage whose feature map the heads read, by its stride (8: a 16x16 grid at
+    # 128²); the later stages are pruned. None: the last stage. A ViT's stride is its patch size.
+    feature_stride: int | None = None
+    # CNN towers: keep the deeper stages too, each through a 1x1 conv to that stage's width,
+    # upsampled to its grid and added (a feature pyramid's top-down sum, no smoothing conv).
+    feature_merge: bool = False
     # Grayscale input: "repeat" to 3 channels, or "sum_conv": the patch conv takes 1 channel, its
     # weights summed over RGB (same function for a gray image, a third of the first-layer compute).
     grayscale: Literal["repeat", "sum_conv"] = "sum_conv"
@@ -26,6 +35,9 @@ class StudentConfig:
     multimodal_layers: int = 2
     max_text_len: int = 96
     decoder_reads_findings: bool = True  # finding-query states in the decoder's memory
+    # The decoder reads the feature map average-pooled k x k (2: a 16x16 map as 8x8 = 64 tokens);
+    # the finding heads always read it whole.
+    decoder_pool: int = 1
     # Scale of the text losses' gradient where it enters the vision tower (the decoder's memory);
     # the forward pass is unchanged. 1: the text objectives train the tower fully; 0: the tower
     # learns from the finding heads only and the text objectives train the decoder (a locked
@@ -68,6 +80,9 @@ class StudentConfig:
     teacher_embed_dim: int | None = None
     # Filled by create_student from the tokenizer; checked again on load.
     vocab_size: int | None = None
+    # (h, w) of the feature map = of the finding maps; filled by create_student from the tower and
+    # checked again on load, so readers of config.json know the maps' grid without the model.
+    map_grid: list[int] | None = None
 
     def validate(self) -> None:
         if self.decoder_width % self.decoder_heads:
@@ -80,5 +95,11 @@ class StudentConfig:
             raise ValueError("image_std must be positive")
         if not 0.0 <= self.text_grad_to_tower <= 1.0:
             raise ValueError(f"text_grad_to_tower must be in [0, 1], got {self.text_grad_to_tower}")
+        if self.decoder_pool < 1:
+            raise ValueError(f"decoder_pool must be >= 1, got {self.decoder_pool}")
+        if self.feature_stride is not None and self.feature_stride < 1:
+            raise ValueError(f"feature_stride must be a positive stride, got {self.feature_stride}")
+        if self.map_grid is not None and (len(self.map_grid) != 2 or min(self.map_grid) < 1):
+            raise ValueError(f"map_grid must be [h, w], got {self.map_grid}")
         if self.report_context == "rationale" and self.report_context_tokens < 1:
             raise ValueError(f"report_context_tokens must be >= 1, got {self.report_context_tokens}")

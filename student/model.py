@@ -1,118 +1,31 @@
-"""The student network: open_clip vision tower, finding query decoder, CoCa-style report decoder.
+"""The student network: a vision tower (student.towers: ViT, CLIP ResNet or timm CNN, all from open_clip
+configs), the finding query decoder, a CoCa-style report decoder.
 
 ``create_student(cfg, tokenizer)`` is the one factory. The model takes float images in [0, 1],
 shape (B, 1, H, W), at ``image_size``; ``predict`` (student.inference) accepts anything looser.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import math
-from copy import deepcopy
-from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdistill.labels import NUM_FINDINGS
 from student.config import StudentConfig
 from student.text import TokenSpec
+from student.towers import CONFIG_DIR, build_tower
 
-CONFIG_DIR = Path(__file__).with_name("configs")
-
-
-# ----------------------------------------------------------------------------- vision tower
-
-@contextlib.contextmanager
-def _root_log_level(level: int):
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(max(level, previous))
-    try:
-        yield
-    finally:
-        root.setLevel(previous)
-
-
-def _open_clip_config(name: str) -> tuple[str, dict[str, Any]]:
-    """Resolve a config name or JSON path to (registered name, model config dict)."""
-    import open_clip
-
-    open_clip.add_model_config(CONFIG_DIR)
-    path = Path(name)
-    if path.suffix == ".json" and path.is_file():
-        open_clip.add_model_config(path)
-        name = path.stem
-    cfg = open_clip.get_model_config(name)
-    if cfg is None:
-        raise ValueError(
-            f"unknown open_clip model config {name!r}: not built in, not in {CONFIG_DIR}, not a JSON file"
-        )
-    return name, deepcopy(cfg)
-
-
-def build_vision_tower(cfg: StudentConfig) -> nn.Module:
-    """Only the vision tower of an open_clip model, optionally with pretrained weights.
-
-    The text tower open_clip builds alongside is dropped; with no pretrained weights it is
-    replaced by a tiny one so a large config costs nothing for it. Text-tower "pretrained" flags
-    are off, so nothing is fetched unless ``vision_pretrained`` names an open_clip tag.
-    """
-    import open_clip
-
-    name, model_cfg = _open_clip_config(cfg.vision_model)
-    if "timm_model_name" in model_cfg["vision_cfg"]:
-        raise ValueError(f"{name}: timm vision towers are not supported by the student (open_clip ViT configs only)")
-    vision_cfg = {**model_cfg["vision_cfg"], **cfg.vision_overrides}
-    kwargs: dict[str, Any] = {"vision_cfg": vision_cfg}
-    if not cfg.vision_pretrained:
-        kwargs["text_cfg"] = {"context_length": 8, "vocab_size": 16, "width": 32, "heads": 1, "layers": 1}
-    # open_clip logs through the root logger, and warns "initialized randomly" for every tower
-    # built from a config: expected here (the weights come from training or a checkpoint).
-    quiet = _root_log_level(logging.ERROR if not cfg.vision_pretrained else logging.getLogger().level)
-    try:
-        with quiet:
-            clip = open_clip.create_model(
-                name,
-                pretrained=cfg.vision_pretrained or None,
-                pretrained_text=False,
-                pretrained_image=False,
-                **kwargs,
-            )
-    except RuntimeError as err:  # an unknown tag, a missing file, or a download refused offline
-        raise ValueError(f"vision tower {name!r} with pretrained={cfg.vision_pretrained!r}: {err} "
-                         f"(a tag needs network once; offline, give a local checkpoint file)") from err
-    visual = clip.visual
-    if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "conv1"):
-        raise ValueError(f"{name}: the student needs an open_clip VisionTransformer tower")
-    # The student reads the last block's patch tokens: the pooled projection and attention poolers
-    # (CoCa configs) are never used, and unused parameters would stall DDP.
-    visual.proj = None
-    if getattr(visual, "attn_pool", None) is not None:
-        visual.attn_pool = None
-        visual.attn_pool_contrastive = None
-        # its ln_post normalised the pooler's output; the patch tokens need one of their own width
-        visual.ln_post = nn.LayerNorm(visual.conv1.out_channels)
-    return visual
-
-
-def _sum_first_conv(visual: nn.Module) -> None:
-    """Make the patch embedding take one channel: a gray image repeated to RGB gives the same output."""
-    old = visual.conv1
-    new = nn.Conv2d(1, old.out_channels, kernel_size=old.kernel_size, stride=old.stride, bias=old.bias is not None)
-    with torch.no_grad():
-        new.weight.copy_(old.weight.sum(dim=1, keepdim=True))
-        if old.bias is not None:
-            new.bias.copy_(old.bias)
-    visual.conv1 = new
+__all__ = ["CONFIG_DIR", "FindingQueryDecoder", "ReportDecoder", "StudentModel", "create_student"]
 
 
 # ----------------------------------------------------------------------------- finding heads
 
 class _QueryLayer(nn.Module):
-    """Class queries cross-attend to the patch tokens; attention weights kept as the class maps."""
+    """Class queries cross-attend to the feature-map tokens; attention weights kept as the class maps."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -175,7 +88,7 @@ class ReportDecoder(nn.Module):
 
         w = cfg.decoder_width
         self.image_proj = nn.Sequential(nn.Linear(image_dim, w), nn.LayerNorm(w))
-        # The finding queries' final states join the patch tokens in the decoder's memory, so the
+        # The finding queries' final states join the image tokens in the decoder's memory, so the
         # report is written from the same evidence the 14 heads classify on.
         self.finding_proj = nn.Sequential(nn.Linear(cfg.head_width, w), nn.LayerNorm(w)) if cfg.decoder_reads_findings else None
         self.text = TextTransformer(
@@ -245,16 +158,19 @@ def _block_repeated_ngrams(scores: torch.Tensor, generated: torch.Tensor, n: int
 class StudentModel(nn.Module):
     def __init__(self, cfg: StudentConfig, tokenizer):
         super().__init__()
-        self.cfg = cfg
         self.tokenizer = tokenizer
         context = cfg.report_context_tokens if cfg.report_context == "rationale" else 0
         self.tokens = TokenSpec(tokenizer, cfg.report_prefix, cfg.rationale_prefix, context)
-        self.visual = build_vision_tower(cfg)
-        if cfg.grayscale == "sum_conv":
-            _sum_first_conv(self.visual)
-        self.grid = tuple(self.visual.grid_size)
+        self.visual = build_tower(cfg)  # student.towers: tokens (B, N, C) on visual.grid
+        self.grid = tuple(self.visual.grid)
+        if self.grid[0] % cfg.decoder_pool or self.grid[1] % cfg.decoder_pool:
+            raise ValueError(f"decoder_pool {cfg.decoder_pool} does not divide the {self.grid} feature map")
+        if cfg.map_grid is not None and tuple(cfg.map_grid) != self.grid:
+            raise ValueError(f"the config records finding maps on a {tuple(cfg.map_grid)} grid; "
+                             f"this tower gives {self.grid}")
+        self.cfg = dataclasses.replace(cfg, map_grid=list(self.grid))  # what config.json records
         self.image_size = tuple(self.visual.image_size)
-        vision_width = self.visual.conv1.out_channels
+        vision_width = self.visual.width
         self.heads = FindingQueryDecoder(vision_width, cfg.head_width, cfg.head_heads, cfg.head_layers)
         self.decoder = ReportDecoder(cfg.vocab_size, vision_width, cfg, cfg.max_text_len + self.tokens.context_extra)
         self.embed_proj = nn.Linear(cfg.decoder_width, cfg.teacher_embed_dim) if cfg.teacher_embed_dim else None
@@ -263,19 +179,31 @@ class StudentModel(nn.Module):
     # --- pieces
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) float in [0, 1] -> patch tokens (B, N, width)."""
+        """(B, 1, H, W) float in [0, 1] -> feature-map tokens (B, N, width), row-major over ``grid``."""
         x = (images - self.cfg.image_mean) / self.cfg.image_std
         if self.cfg.grayscale == "repeat":
             x = x.expand(-1, 3, -1, -1)
-        out = self.visual.forward_intermediates(
-            x, indices=1, normalize_intermediates=True, intermediates_only=True, output_fmt="NLC"
-        )
-        return out["image_intermediates"][-1]
+        return self.visual(x)
 
     def classify(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Patch tokens -> finding logits (B, 14), maps (B, 14, h, w), query states (B, 14, width)."""
+        """Tokens -> finding logits (B, 14), maps (B, 14, h, w), query states (B, 14, width)."""
         logits, attn, states = self.heads(tokens)
         return logits, attn.reshape(attn.shape[0], attn.shape[1], *self.grid), states
+
+    def decoder_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The tokens the report decoder reads: the feature map average-pooled by ``decoder_pool``
+        (a 16x16 map read whole would cost the decoder's cross-attention 4x an 8x8 one)."""
+        k = self.cfg.decoder_pool
+        if k == 1:
+            return tokens
+        b, _, c = tokens.shape
+        fmap = tokens.transpose(1, 2).reshape(b, c, *self.grid)
+        return F.avg_pool2d(fmap, k).flatten(2).transpose(1, 2)
+
+    def gradcam_target(self) -> tuple[list[nn.Module], Any]:
+        """Grad-CAM's layer and reshape for this tower (``kdistill.saliency.GradCAM.from_model``):
+        the feature map the finding heads read, on ``grid``."""
+        return [self.visual.feature_map], self.visual.cam_reshape
 
     # --- training forward
 
@@ -294,7 +222,7 @@ class StudentModel(nn.Module):
         if report_ids is None and rationale_ids is None:
             return out
         s = self.cfg.text_grad_to_tower
-        memory = self.decoder.image_memory(_scale_grad(tokens, s), _scale_grad(states, s))
+        memory = self.decoder.image_memory(self.decoder_tokens(_scale_grad(tokens, s)), _scale_grad(states, s))
         if report_ids is not None:
             out["report_logits"] = self.decoder.lm_head(self.decoder.hidden(memory, report_ids[:, :-1]))
         if rationale_ids is not None:
@@ -340,10 +268,10 @@ class StudentModel(nn.Module):
 
     @torch.no_grad()
     def generate_texts(self, tokens: torch.Tensor, max_new_tokens: int = 64, rationales: bool = True) -> tuple[list[str], list[str]]:
-        """Greedy reports and rationales from patch tokens (B, N, width). Explaining first
+        """Greedy reports and rationales from image tokens (B, N, width). Explaining first
         (``report_context: rationale``), the rationale is written first and each report after it."""
         spec = self.tokens
-        memory = self.decoder.image_memory(tokens, self.classify(tokens)[2])
+        memory = self.decoder.image_memory(self.decoder_tokens(tokens), self.classify(tokens)[2])
         n = tokens.shape[0]
 
         def budget(task: str, want: int) -> int:
@@ -357,13 +285,6 @@ class StudentModel(nn.Module):
         report_ids = self._greedy(memory, [spec.report_prompt(c) for c in contexts], budget("report", max_new_tokens))
         reports = [spec.decode(r) for r in report_ids]
         return reports, [spec.decode(r) for r in rationale_ids] if rationales else []
-
-    def generate(self, tokens: torch.Tensor, task: str, max_new_tokens: int = 64) -> list[str]:
-        """Greedy decoding of one task ("report" or "rationale") from patch tokens (B, N, width)."""
-        if task not in self.tokens.prompts:
-            raise ValueError(f"unknown task {task!r}: 'report' or 'rationale'")
-        reports, rationales = self.generate_texts(tokens, max_new_tokens, rationales=task == "rationale")
-        return rationales if task == "rationale" else reports
 
     def predict(self, images, batch_size: int = 32, max_new_tokens: int = 64, texts: bool = True,
                 rationales: bool = True) -> dict[str, Any]:

@@ -177,7 +177,9 @@ def setup(cfg: StudentTrainConfig, out_dir: str | Path, prepared, tokenizer, rat
         accelerator.init_trackers("student", config={"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": seed,
                                                      **{f"w_{k}": v for k, v in cfg.loss.terms().items()}})
     csv_log = CsvLog(out_dir / "train_log.csv", accelerator.is_main_process, state.step if resumed_from else None)
-    return Run(cfg, out_dir, seed, accelerator, model, data.model_cfg, data, train_dl, val_dl, sampler, optimizer,
+    # the model's own config: what the tower decided (map_grid) and the vocabulary go into config.json
+    model_cfg = accelerator.unwrap_model(model).cfg
+    return Run(cfg, out_dir, seed, accelerator, model, model_cfg, data, train_dl, val_dl, sampler, optimizer,
                scheduler, checkpoints, state, resumed_from, wrong_size, csv_log, started)
 
 

@@ -36,7 +36,7 @@ def test_forward_shapes_and_maps_are_attention_distributions(toy):
     prep, tok = toy
     torch.manual_seed(0)
     model = create_student(_cfg(teacher_embed_dim=16), tok)
-    assert model.cfg.vocab_size == len(tok) and model.grid == (4, 4)
+    assert model.cfg.vocab_size == len(tok) and model.grid == (4, 4) and model.cfg.map_grid == [4, 4]
     x = torch.rand(3, 1, 32, 32)
     spec = model.tokens
     rep = spec.batch("report", spec.encode(["FINDINGS: clear.", "IMPRESSION: edema", "x"]), 48)
@@ -55,12 +55,12 @@ def test_sum_conv_grayscale_equals_repeating_the_channel(toy):
     rep = create_student(_cfg(grayscale="repeat"), tok).eval()
     summed = create_student(_cfg(grayscale="sum_conv"), tok).eval()
     state = rep.state_dict()
-    state["visual.conv1.weight"] = state["visual.conv1.weight"].sum(dim=1, keepdim=True)
+    state["visual.model.conv1.weight"] = state["visual.model.conv1.weight"].sum(dim=1, keepdim=True)
     summed.load_state_dict(state)
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(rep.encode_image(x), summed.encode_image(x), atol=1e-5)
-    assert summed.visual.conv1.in_channels == 1 and rep.visual.conv1.in_channels == 3
+    assert summed.visual.model.conv1.in_channels == 1 and rep.visual.model.conv1.in_channels == 3
 
 
 def test_token_sequences_mask_prompt_and_padding(toy):
@@ -92,7 +92,7 @@ def test_greedy_generation_reproduces_a_memorised_report(toy):
         loss.backward()
         opt.step()
     model.eval()
-    assert model.generate(model.encode_image(x), "report", max_new_tokens=30) == [text]
+    assert model.generate_texts(model.encode_image(x), max_new_tokens=30, rationales=False) == ([text], [])
 
 
 def test_images_of_another_size_are_resized_and_counted():
@@ -124,9 +124,15 @@ def test_vision_tower_loads_a_local_open_clip_checkpoint(toy, tmp_path):
     clip = open_clip.create_model("kdistill-vit-tiny", pretrained=None, vision_cfg=vision)
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp_path / "clip.safetensors"))
     model = create_student(_cfg(vision_pretrained=str(tmp_path / "clip.safetensors")), tok)
-    assert torch.equal(model.visual.conv1.weight, clip.visual.conv1.weight.sum(dim=1, keepdim=True))
+    assert torch.equal(model.visual.model.conv1.weight, clip.visual.conv1.weight.sum(dim=1, keepdim=True))
     w = "transformer.resblocks.0.attn.in_proj_weight"
-    assert torch.equal(model.visual.state_dict()[w], clip.visual.state_dict()[w])
+    assert torch.equal(model.visual.model.state_dict()[w], clip.visual.state_dict()[w])
+    # the tower's own weights (open_clip's ``visual`` state dict) load the same way
+    save_file({k: v.contiguous() for k, v in clip.visual.state_dict().items()}, str(tmp_path / "visual.safetensors"))
+    own = create_student(_cfg(vision_pretrained=str(tmp_path / "visual.safetensors")), tok)
+    assert torch.equal(own.visual.model.state_dict()[w], clip.visual.state_dict()[w])
+    with pytest.raises(ValueError, match="no such file"):
+        create_student(_cfg(vision_pretrained=str(tmp_path / "missing.safetensors")), tok)
 
 
 def test_rationale_text_moves_the_conclusion_to_the_front_or_keeps_the_text():
@@ -288,7 +294,6 @@ def test_explaining_first_generates_the_rationale_then_the_report(toy):
     tokens = model.encode_image(x)
     assert model.generate_texts(tokens, max_new_tokens=30) == ([rep], [rat])
     assert model.generate_texts(tokens, max_new_tokens=30, rationales=False) == ([rep], [])
-    assert model.generate(tokens, "report", 30) == [rep] and model.generate(tokens, "rationale", 30) == [rat]
     # the decoder has positions for the context and a full report after it
     assert model.decoder.text.positional_embedding.shape[0] == model.cfg.max_text_len + spec.context_extra
 

@@ -82,6 +82,17 @@ class GradCAM(BaseAttribution):
         self.target_layers = _resolve_layers(model, target_layers)
         self.reshape_transform = reshape_transform
 
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "GradCAM":
+        """Grad-CAM at the layer a model names for it: ``model.gradcam_target()`` returns
+        (target layers, reshape_transform or None). The student answers with its tower's feature
+        map, the one its finding heads read (a CNN's chosen stage, a ViT's patch tokens)."""
+        target = getattr(model, "gradcam_target", None)
+        if target is None:
+            raise TypeError(f"{type(model).__name__} has no gradcam_target(); give GradCAM its target_layers")
+        layers, reshape = target()
+        return cls(model, layers, reshape_transform=reshape)
+
     def attribute(self, images: Tensor, finding: int | Tensor, create_graph: bool = False) -> Tensor:
         """Maps (B, H, W) as a tensor. ``create_graph=True`` is for training losses on the maps:
         the model stays in its current (train) mode and the result is differentiable."""
