@@ -205,7 +205,9 @@ def predictions_from_checkpoint(
         probs.append(np.asarray(result["probs"], dtype=np.float64))
         reports += [str(r) for r in result.get("reports") or [""] * len(images)]
         rationales += [str(r) for r in result.get("rationales") or [""] * len(images)]
-    preds = Predictions(str(checkpoint), list(ref.study_ids), np.concatenate(probs), reports, rationales)
+    writes = getattr(model, "has_text", True)  # a student without text writes no report: report metrics skip
+    preds = Predictions(str(checkpoint), list(ref.study_ids), np.concatenate(probs), reports if writes else None,
+                        rationales if writes else None)
     _refuse_nonfinite(preds)
 
     # the noise study needs probabilities only: skip text generation when the model allows it

@@ -70,10 +70,12 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
     cfg = cfglib.from_dict(StudentConfig, raw, source=str(path / CONFIG))
     # The weights come from the checkpoint: never fetch the tower's pretrained ones again.
     cfg.vision_pretrained = None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise DataError(path, f"cannot load the tokenizer files: {err}") from None
+    tokenizer = None
+    if cfg.vocab_size is not None:  # a student without text (vocab_size None) ships no tokenizer
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        except (OSError, ValueError) as err:
+            raise DataError(path, f"cannot load the tokenizer files: {err}") from None
     try:
         model = create_student(cfg, tokenizer)
     except (ValueError, AssertionError, RuntimeError, KeyError) as err:

@@ -131,7 +131,8 @@ class StudyDataset(torch.utils.data.Dataset):
         self.targets, self.target_mask = apply_policy(labels, uncertain=uncertain, blank=blank)
         self.report_texts = [report_text(f or "", i or "", report_order)
                              for f, i in zip(split["findings"], split["impression"])]
-        self.report_tokens = spec.encode(self.report_texts)
+        # no tokenizer (a dataset without reports): no text to tokenise
+        self.report_tokens = spec.encode(self.report_texts) if spec is not None else [None] * len(self.study_ids)
         self.rationale_tokens: list[list[int] | None] = [None] * len(self)
         self.teacher_embedding: np.ndarray | None = None
         self.teacher_topk: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(self)
@@ -237,18 +238,19 @@ class Collate:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         images, resized = to_float_images([it["image"] for it in items], self.image_size)
-        # Explaining first, each report is written after its study's (teacher) rationale.
-        contexts = [it["rationale_tokens"] for it in items] if self.spec.context_tokens and self.with_rationales else None
-        report = self.spec.batch("report", [it["report_tokens"] for it in items], self.max_len, contexts)
         batch = {
             "index": torch.tensor([it["index"] for it in items]),
             "images": images,
             "resized": torch.tensor(resized),
             "targets": torch.from_numpy(np.stack([it["targets"] for it in items])),
             "target_mask": torch.from_numpy(np.stack([it["target_mask"] for it in items])),
-            "report_ids": report["ids"],
-            "report_labels": report["labels"],
         }
+        if self.spec is None:  # a student without text (a dataset without reports)
+            return batch
+        # Explaining first, each report is written after its study's (teacher) rationale.
+        contexts = [it["rationale_tokens"] for it in items] if self.spec.context_tokens and self.with_rationales else None
+        report = self.spec.batch("report", [it["report_tokens"] for it in items], self.max_len, contexts)
+        batch["report_ids"], batch["report_labels"] = report["ids"], report["labels"]
         if self.with_rationales:
             toks = [it["rationale_tokens"] for it in items]
             rat = self.spec.batch("rationale", toks, self.max_len)

@@ -58,7 +58,7 @@ def predict(model, images, batch_size: int = 32, max_new_tokens: int | None = 64
             logits, m, _ = model.classify(tokens)
             probs.append(torch.sigmoid(logits.float()).cpu())
             maps.append(F.interpolate(m.float(), size=out_size, mode="bilinear", align_corners=False).cpu())
-            if texts:
+            if texts and model.has_text:
                 rep, rat = model.generate_texts(tokens, max_new_tokens, rationales=rationales)
                 reports += rep
                 rationale_texts += rat

@@ -156,11 +156,15 @@ def _block_repeated_ngrams(scores: torch.Tensor, generated: torch.Tensor, n: int
 # ----------------------------------------------------------------------------- the student
 
 class StudentModel(nn.Module):
-    def __init__(self, cfg: StudentConfig, tokenizer):
+    """Tower, finding heads and (with a tokenizer) the report decoder. Without a tokenizer (a
+    dataset without reports: NIH, CheXpert) the student is its finding heads only: ``has_text``
+    is False, it writes no report and its text losses must be off."""
+
+    def __init__(self, cfg: StudentConfig, tokenizer=None):
         super().__init__()
         self.tokenizer = tokenizer
         context = cfg.report_context_tokens if cfg.report_context == "rationale" else 0
-        self.tokens = TokenSpec(tokenizer, cfg.report_prefix, cfg.rationale_prefix, context)
+        self.tokens = TokenSpec(tokenizer, cfg.report_prefix, cfg.rationale_prefix, context) if tokenizer else None
         self.visual = build_tower(cfg)  # student.towers: tokens (B, N, C) on visual.grid
         self.grid = tuple(self.visual.grid)
         if self.grid[0] % cfg.decoder_pool or self.grid[1] % cfg.decoder_pool:
@@ -172,9 +176,16 @@ class StudentModel(nn.Module):
         self.image_size = tuple(self.visual.image_size)
         vision_width = self.visual.width
         self.heads = FindingQueryDecoder(vision_width, cfg.head_width, cfg.head_heads, cfg.head_layers)
-        self.decoder = ReportDecoder(cfg.vocab_size, vision_width, cfg, cfg.max_text_len + self.tokens.context_extra)
-        self.embed_proj = nn.Linear(cfg.decoder_width, cfg.teacher_embed_dim) if cfg.teacher_embed_dim else None
+        self.decoder = (ReportDecoder(cfg.vocab_size, vision_width, cfg, cfg.max_text_len + self.tokens.context_extra)
+                        if self.tokens is not None else None)
+        self.embed_proj = (nn.Linear(cfg.decoder_width, cfg.teacher_embed_dim)
+                           if cfg.teacher_embed_dim and self.decoder is not None else None)
         self.register_buffer("thresholds", torch.full((NUM_FINDINGS,), 0.5), persistent=False)
+
+    @property
+    def has_text(self) -> bool:
+        """Whether this student writes reports and rationales (it was built with a tokenizer)."""
+        return self.decoder is not None
 
     # --- pieces
 
@@ -221,6 +232,9 @@ class StudentModel(nn.Module):
         out = {"logits": logits, "maps": maps}
         if report_ids is None and rationale_ids is None:
             return out
+        if self.decoder is None:
+            raise ValueError("this student has no report decoder (built without a tokenizer): train it with "
+                             "loss.rep=0 loss.kd=0 loss.emb=0 loss.tok=0")
         s = self.cfg.text_grad_to_tower
         memory = self.decoder.image_memory(self.decoder_tokens(_scale_grad(tokens, s)), _scale_grad(states, s))
         if report_ids is not None:
@@ -294,8 +308,11 @@ class StudentModel(nn.Module):
                        rationales=rationales)
 
 
-def create_student(cfg: StudentConfig, tokenizer) -> StudentModel:
-    """The one factory: the config plus the teacher's tokenizer (shared vocabulary)."""
+def create_student(cfg: StudentConfig, tokenizer=None) -> StudentModel:
+    """The one factory: the config plus the teacher's tokenizer (shared vocabulary); no tokenizer
+    gives a student of finding heads only (for datasets without reports)."""
+    if tokenizer is None:
+        return StudentModel(dataclasses.replace(cfg, vocab_size=None), None)
     if cfg.vocab_size is None:
         cfg = dataclasses.replace(cfg, vocab_size=len(tokenizer))
     elif cfg.vocab_size != len(tokenizer):

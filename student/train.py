@@ -172,7 +172,8 @@ def setup(cfg: StudentTrainConfig, out_dir: str | Path, prepared, tokenizer, rat
     if accelerator.is_main_process:
         cfglib.save_json({**cfglib.to_dict(cfg), "model": cfglib.to_dict(data.model_cfg), "seed": seed},
                          out_dir / "training_config.json")
-        ckpt.save_tokenizer(tokenizer, out_dir)
+        if tokenizer is not None:
+            ckpt.save_tokenizer(tokenizer, out_dir)
     if accelerator.trackers:
         accelerator.init_trackers("student", config={"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": seed,
                                                      **{f"w_{k}": v for k, v in cfg.loss.terms().items()}})
@@ -398,15 +399,17 @@ def train_from_paths(cfg: StudentTrainConfig, out_dir: str | Path, prepared: str
 
 
 def run_stage(cfg: StudentTrainConfig, ctx) -> dict[str, Any]:
-    """Pipeline stage: prepared cache, rationale cache and teacher tokenizer from the upstream stages."""
-    metrics = train_from_paths(
-        cfg,
-        ctx.stage_dir("student"),
-        prepared=cfg.prepared or ctx.stage_dir("prepare"),
-        tokenizer_dir=cfg.tokenizer or ctx.stage_dir("teacher_train"),
-        rationales=cfg.rationales or ctx.stage_dir("teacher_generate"),
-        seed=ctx.seed,
-    )
+    """Pipeline stage: prepared cache, rationale cache and teacher tokenizer from the upstream stages.
+    On a dataset without reports (no teacher ran) the student trains its finding heads only."""
+    tokenizer_dir = cfg.tokenizer or ctx.stage_dir("teacher_train")
+    rationales = cfg.rationales or ctx.stage_dir("teacher_generate")
+    if not ctx.data.has_reports and cfg.tokenizer is None:
+        log.warning("the data source %s has no report text: the student trains its finding heads only "
+                    "(loss.rep, kd, emb and tok set to 0)", ctx.data.name)
+        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, rep=0.0, kd=0.0, emb=0.0, tok=0.0))
+        tokenizer_dir = rationales = None
+    metrics = train_from_paths(cfg, ctx.stage_dir("student"), prepared=cfg.prepared or ctx.stage_dir("prepare"),
+                               tokenizer_dir=tokenizer_dir, rationales=rationales, seed=ctx.seed)
     cover = metrics.get("rationales") or {}
     return {
         "checkpoint": str(ctx.stage_dir("student")),
@@ -429,7 +432,8 @@ def main(argv: list[str] | None = None, prog: str = "kdistill student train") ->
                     "student train ...",
     )
     parser.add_argument("--prepared", required=True, help="prepared image cache (kdistill data prepare)")
-    parser.add_argument("--tokenizer", required=True, help="the teacher folder (its tokenizer is shared)")
+    parser.add_argument("--tokenizer", help="the teacher folder (its tokenizer is shared); omit it for a student of "
+                                            "finding heads only (a dataset without reports; loss.rep=0 loss.kd=0 loss.emb=0)")
     parser.add_argument("--rationales", help="the teacher's rationale cache folder (needed when w_kd/w_emb/w_tok > 0)")
     parser.add_argument("--out", required=True, help="output checkpoint folder")
     parser.add_argument("--resume", action="store_true", help="deprecated: resuming is the default (resume=true)")

@@ -49,6 +49,9 @@ def build_datasets(cfg: StudentTrainConfig, prepared, tokenizer, rationales=None
             raise DataError(prepared_path, f"the prepared cache's '{split}' split is empty "
                                            f"({', '.join(f'{k}: {len(v)}' for k, v in prepared.items())} rows); "
                                            "were its images all skipped? see meta.json's counts")
+    if tokenizer is None and (cfg.loss.rep or cfg.needs_rationales):
+        raise ConfigError("no tokenizer (a dataset without reports, or no teacher): the student can train its "
+                          "finding heads only; set loss.rep=0 loss.kd=0 loss.emb=0 loss.tok=0")
     rat_index, tok_check, model_cfg, inconsistent = None, "not used", dataclasses.replace(cfg.model), 0
     if model_cfg.report_context == "rationale" and not cfg.loss.kd:
         # Nothing would teach the student to write the rationale its reports follow.
@@ -66,7 +69,7 @@ def build_datasets(cfg: StudentTrainConfig, prepared, tokenizer, rationales=None
                 raise ConfigError("w_tok > 0 needs model.rationale_order: as_written (the teacher's top-k "
                                   f"follow its rationale token by token), not {model_cfg.rationale_order!r}")
         rat_index, inconsistent = rationale_index(rationales, cfg.consistent_rationales_only, with_topk=cfg.loss.tok > 0)
-    spec = TokenSpec(tokenizer, model_cfg.report_prefix, model_cfg.rationale_prefix)
+    spec = TokenSpec(tokenizer, model_cfg.report_prefix, model_cfg.rationale_prefix) if tokenizer is not None else None
     order = (model_cfg.report_order, model_cfg.rationale_order, model_cfg.rationale_marker)
     train_ds = StudyDataset(prepared["train"], spec, rat_index, cfg.uncertain, cfg.blank, "train", *order)
     val_ds = StudyDataset(prepared["validate"], spec, rat_index, cfg.uncertain, cfg.blank, "validate", *order)
@@ -104,13 +107,14 @@ def _no_rationale_at_all(train_ds, rationales, consistent_only: bool, prepared_p
     return f"no training study has a usable rationale ({matching} rows match)"
 
 
-def load_inputs(cfg: StudentTrainConfig, prepared: str | Path, tokenizer_dir: str | Path,
+def load_inputs(cfg: StudentTrainConfig, prepared: str | Path, tokenizer_dir: str | Path | None,
                 rationales: str | Path | None):
-    """(prepared DatasetDict, tokenizer, rationale Dataset or None) from their folders."""
+    """(prepared DatasetDict, tokenizer or None, rationale Dataset or None) from their folders; no
+    tokenizer folder gives a student without text."""
     from kdistill.data.prepare import load_prepared
     from teacher.cache import STUDENT_COLUMNS, load_rationales
 
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
     data = load_prepared(prepared)
     cache = None
     if cfg.needs_rationales:
