@@ -81,14 +81,16 @@ def main(argv=None) -> int:
     from teacher import generate as gen
     from teacher.cache import load_rationales
 
+    from kdistill.data.sources import open_source
+
     root = Path(args.data_root or Path(args.run) / "data")
     teacher_dir = Path(args.teacher or Path(args.run) / "teacher")
-    studies = gen.load_study_list(root, ["train", "validate"], limit=args.n)
+    studies = gen.load_study_list(open_source("mimic", root), ["train", "validate"], limit=args.n)
     _warm_imports(teacher_dir)
     runs = []
     for batch_size in args.batch_size:
         cfg = gen.TeacherGenerateConfig(batch_size=batch_size, max_new_tokens=args.max_new_tokens, max_retries=0,
-                              cpu=True, threads=args.threads)
+                              cpu=True, num_threads=args.threads)
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             summary = gen.generate_rationales(studies, teacher_dir, Path(tmp) / "rationales", cfg)

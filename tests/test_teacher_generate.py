@@ -25,6 +25,7 @@ from kdistill.config import ConfigError  # noqa: E402
 from kdistill.errors import DataError  # noqa: E402
 from kdistill.labels import FINDING_INDEX, FINDINGS  # noqa: E402
 from teacher import cache  # noqa: E402
+from teacher import checked  # noqa: E402
 from teacher import generate as gen  # noqa: E402
 from teacher.modeling import load_teacher  # noqa: E402
 from teacher.pretrain import TeacherPretrainConfig as PretrainConfig  # noqa: E402
@@ -233,15 +234,15 @@ def test_consistency_flags_and_sampled_retries(teacher_dir, tmp_path, monkeypatc
         return by_text.get(text, [])
 
     label_fn = _labels_for(findings_of)
-    orig_check = gen._check
+    orig_check = checked.CheckedGeneration.check
 
-    def check(outputs, units, studies_, fn):
+    def check(self, outputs, units):
         for g, (_, idxs) in zip(outputs, units):
             if g.text.startswith("SAMPLED"):
-                by_text[g.text] = positives[studies_[idxs[0]].study_id]
-        return orig_check(outputs, units, studies_, fn)
+                by_text[g.text] = positives[self.studies[idxs[0]].study_id]
+        return orig_check(self, outputs, units)
 
-    monkeypatch.setattr(gen, "_check", check)
+    monkeypatch.setattr(checked.CheckedGeneration, "check", check)
     summary = _run(studies, teacher_dir, tmp_path / "r", label_fn=label_fn, max_retries=2)
     rows = {r["study_id"]: r for r in _rows(tmp_path / "r")}
     for s in studies:
