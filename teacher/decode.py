@@ -153,14 +153,20 @@ class _Decoder:
 
     # --- forward
 
-    def _heads(self, qkv, positions):
+    def _rotary(self, positions):
+        """cos/sin at ``positions``, shaped to broadcast over the heads (gathered once per pass)."""
+        if self.rope is None:
+            return None
+        return self.rope[0][positions].unsqueeze(-2), self.rope[1][positions].unsqueeze(-2)
+
+    def _heads(self, qkv, rotary):
         """Fused projections (..., (H + 2 KV) * D) -> q (..., H, D), k and v (..., KV, D), with
         q and k rotated together (one rotary op for both)."""
         w = self.w
         qkv = qkv.view(*qkv.shape[:-1], w.heads + 2 * w.kv_heads, w.head_dim)
         qk, v = qkv[..., : w.heads + w.kv_heads, :], qkv[..., w.heads + w.kv_heads:, :]
-        if self.rope is not None:
-            cos, sin = self.rope[0][positions].unsqueeze(-2), self.rope[1][positions].unsqueeze(-2)
+        if rotary is not None:
+            cos, sin = rotary
             half = qk.shape[-1] // 2
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
         return qk[..., : w.heads, :], qk[..., w.heads:, :], v
@@ -178,12 +184,13 @@ class _Decoder:
         positions = (real.long().cumsum(-1) - 1).clamp(min=0)
         x = w.embed(ids, positions)
         masks = {window: self._prefill_mask(real, positions, window) for window in set(self.windows)}
+        rotary = self._rotary(positions)
         pages = [[self.alloc(slot, j * PAGE) for j in range(-(-len(s) // PAGE))] for s, slot in zip(seqs, slots_of)]
         # (page, offset) of every real token, in (row, position) order
         page_idx = torch.tensor([pg[t // PAGE] for s, pg in zip(seqs, pages) for t in range(len(s))], device=dev)
         offset = torch.tensor([t % PAGE for s in seqs for t in range(len(s))], device=dev)
         for li, layer in enumerate(w.layers):
-            q, k, v = self._heads(w.qkv(layer, w.norm1(layer, x)), positions)
+            q, k, v = self._heads(w.qkv(layer, w.norm1(layer, x)), rotary)
             self.k[li][page_idx, :, offset] = k[real]
             self.v[li][page_idx, :, offset] = v[real]
             att = torch.nn.functional.scaled_dot_product_attention(
@@ -233,10 +240,11 @@ class _Decoder:
         x = w.embed(tokens, positions)
         self.fill[write_page] += 1
         masks = self._step_masks(slots_of, positions)
+        rotary = self._rotary(positions)
         top = self.top
         groups = w.heads // w.kv_heads
         for li, layer in enumerate(w.layers):
-            q, k, v = self._heads(w.qkv(layer, w.norm1(layer, x)), positions)
+            q, k, v = self._heads(w.qkv(layer, w.norm1(layer, x)), rotary)
             self.k[li][write_page, :, write_offset] = k
             self.v[li][write_page, :, write_offset] = v
             page_row, valid = masks[self.windows[li]]

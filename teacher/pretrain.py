@@ -30,7 +30,8 @@ from kdistill.labeler.consistency import default_label_fn
 from kdistill.training import Checkpoints, cosine_schedule, set_num_threads
 from teacher import corpus as corpuslib
 from teacher import lm_data
-from teacher.modeling import SPECIAL_TOKENS, build_llama, count_parameters, load_tokenizer, resolve_config
+from teacher.modeling import (SPECIAL_TOKENS, build_llama, count_parameters, load_causal_lm, load_tokenizer,
+                              resolve_config)
 from teacher.prompts import DEFAULT_MODE, check_mode
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class TeacherPretrainConfig:
     corpus: str | None = None  # default: <data root>/corpus/corpus.jsonl
     reports: bool = True  # train-split reports of the data root as the pairs' reports
     model_config: str = "llama_3m"  # name in teacher/configs/ or a JSON path
+    # Continued (domain-adaptive) pretraining: start from this model folder, its weights and its
+    # tokenizer, instead of a new tokenizer and a model built from model_config.
+    init: str | None = None
+    trust_remote_code: bool = False  # allow init's own Python code for this run
     vocab_size: int = 2000  # upper bound; a templated corpus yields fewer merges
     max_length: int = 384
     max_steps: int = 600
@@ -174,14 +179,10 @@ def _setup(cfg: TeacherPretrainConfig, corpus_path, out_dir: Path, label_fn, dat
     bank = corpuslib.load_report_bank(data) if cfg.reports else {}
     pairs = corpuslib.pair_examples(train_docs, cfg.seed, copies=cfg.pair_copies, reports=bank, mode=cfg.prompt_mode)
     texts = textbook_share(train_docs, len(pairs), cfg.textbook_fraction, cfg.seed)
-    if reuse_tokenizer and (out_dir / "tokenizer.json").is_file():
-        tok = load_tokenizer(out_dir)
-    else:
-        tok = train_tokenizer([d["text"] for d in all_docs] + [p.prompt for p in pairs], cfg.vocab_size, out_dir)
-    model = build_llama(resolve_config(cfg.model_config), len(tok), tok)
-    model.config.max_position_embeddings = max(model.config.max_position_embeddings, cfg.max_length)
-    log.info("pretraining a %.2fM-parameter Llama (vocab %d) on %d textbook docs + %d pairs for %d steps",
-             count_parameters(model) / 1e6, len(tok), len(texts), len(pairs), cfg.max_steps)
+    tok, model = _tokenizer_and_model(cfg, all_docs, pairs, out_dir, reuse_tokenizer)
+    log.info("pretraining a %.2fM-parameter %s (vocab %d) on %d textbook docs + %d pairs for %d steps%s",
+             count_parameters(model) / 1e6, model.config.model_type, len(tok), len(texts), len(pairs), cfg.max_steps,
+             f", continued from {cfg.init}" if cfg.init else "")
     rows = lm_data.encode(texts + pairs, tok, cfg.max_length)
     held_text = corpuslib.text_examples(eval_docs, kinds=("textbook",)) if cfg.textbook_fraction else []
     eval_rows = lm_data.encode(held_text + corpuslib.pair_examples(eval_docs, cfg.seed + 1, reports=bank,
@@ -190,6 +191,25 @@ def _setup(cfg: TeacherPretrainConfig, corpus_path, out_dir: Path, label_fn, dat
     sched = cosine_schedule(opt, cfg.warmup_steps, cfg.max_steps, floor=0.1, warmup_from_zero=False)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     return _Run(accelerator, tok, model, opt, sched, rows, eval_rows, len(texts), len(pairs), check)
+
+
+def _tokenizer_and_model(cfg: TeacherPretrainConfig, docs, pairs, out_dir: Path, reuse_tokenizer: bool):
+    """A new tokenizer (or, resuming, the one saved) and a model built from ``model_config``;
+    or, with ``init``, that folder's tokenizer and weights."""
+    if cfg.init:
+        tok = load_tokenizer(cfg.init, trust_remote_code=cfg.trust_remote_code)
+        tok.save_pretrained(str(out_dir))
+        model = load_causal_lm(cfg.init, trust_remote_code=cfg.trust_remote_code)
+        if len(tok) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tok))
+        return tok, model
+    if reuse_tokenizer and (out_dir / "tokenizer.json").is_file():
+        tok = load_tokenizer(out_dir)
+    else:
+        tok = train_tokenizer([d["text"] for d in docs] + [p.prompt for p in pairs], cfg.vocab_size, out_dir)
+    model = build_llama(resolve_config(cfg.model_config), len(tok), tok)
+    model.config.max_position_embeddings = max(model.config.max_position_embeddings, cfg.max_length)
+    return tok, model
 
 
 def textbook_share(docs: list[dict[str, Any]], n_pairs: int, fraction: float, seed: int) -> list:
