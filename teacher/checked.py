@@ -28,6 +28,15 @@ def row_seed(seed: int, prompt: str, attempt: int) -> int:
     return seed + int(hashlib.sha256(prompt.encode()).hexdigest()[:7], 16) + 7919 * attempt
 
 
+def names_every_positive(rationale_labels: Sequence[float], study_labels: Sequence[float]) -> bool:
+    """The rationale mentions (1 or -1) every finding the study has as positive; "No Finding" aside."""
+    from kdistill.labels import FINDING_INDEX
+
+    skip = FINDING_INDEX["No Finding"]
+    return all(r in (1.0, -1.0) for i, (r, s) in enumerate(zip(rationale_labels, study_labels))
+               if i != skip and s == 1.0)
+
+
 @dataclasses.dataclass
 class _Pending:
     unit: Unit
@@ -59,11 +68,15 @@ class CheckedGeneration:
         self._retry_pool()
 
     def check(self, outputs: Sequence[Generated], units: Sequence[Unit]) -> list[bool]:
-        """A prompt's rationale is good when it is consistent with every study sharing the prompt."""
+        """A prompt's rationale is good when it agrees with every study sharing the prompt:
+        ``consistency: strict`` (``is_consistent``: every positive finding, no absent one) or
+        ``positives`` (every positive finding; others allowed, for labels that miss findings the
+        report implies)."""
         if not outputs:
             return []
         labels = np.asarray(self.label_fn([g.text for g in outputs]))
-        return [all(is_consistent(lab, self.studies[i].labels) for i in idxs) for lab, (_, idxs) in zip(labels, units)]
+        rule = is_consistent if getattr(self.cfg, "consistency", "strict") == "strict" else names_every_positive
+        return [all(rule(lab, self.studies[i].labels) for i in idxs) for lab, (_, idxs) in zip(labels, units)]
 
     def _settle(self, decoded: list[tuple[Unit, Generated]]) -> None:
         """Write the consistent rows of a decoded batch; pool the others for retries."""

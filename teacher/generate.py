@@ -73,6 +73,11 @@ class TeacherGenerateConfig:
     topk: int = 0
     # labels+report | report | labels (teacher.prompts.PROMPT_MODES); "": the mode the teacher was trained in
     prompt_mode: str = ""
+    # What `consistent` (and a retry) asks of a rationale: "strict" = every positive finding of the
+    # study and no absent or unlabelled one; "positives" = every positive finding, others allowed
+    # (labels read from reports that leave findings to a named cause miss them, and a teacher
+    # that knows the cause should not be retried or flagged for naming them).
+    consistency: Literal["strict", "positives"] = "strict"
     trust_remote_code: bool = False  # allow a teacher/base folder's own Python code for this run
     force: bool = False  # discard a cache made with another teacher / config
 
@@ -88,10 +93,11 @@ class TeacherGenerateConfig:
 
 
 def _gen_config(cfg: TeacherGenerateConfig, mode: str = DEFAULT_MODE) -> dict[str, Any]:
-    # topk and a prompt mode other than the first one join only when set, so caches made
-    # before they existed keep their hash
+    # topk, a prompt mode other than the first one and a non-strict consistency rule join only
+    # when set, so caches made before they existed keep their hash
     return {**{k: getattr(cfg, k) for k in GEN_KEYS}, **({"topk": cfg.topk} if cfg.topk else {}),
-            **({"prompt_mode": mode} if mode != DEFAULT_MODE else {})}
+            **({"prompt_mode": mode} if mode != DEFAULT_MODE else {}),
+            **({"consistency": cfg.consistency} if cfg.consistency != "strict" else {})}
 
 
 def gen_config_hash(cfg: TeacherGenerateConfig, mode: str | None = None) -> str:

@@ -3,6 +3,7 @@ consistency flags and retries, cache metadata, bad input, OOM, the vllm switch."
 from __future__ import annotations
 
 import copy
+import math
 import json
 import os
 import signal
@@ -527,3 +528,20 @@ def test_pooled_retries_choose_the_same_rows_whatever_the_pool(teacher_dir, tmp_
     assert strip(_rows(tmp_path / "wide")) == strip(_rows(tmp_path / "one"))
     shards = cache.read_shards(tmp_path / "wide")
     assert {r["study_id"]: r["tries"] for r in shards} == {r["study_id"]: r["tries"] for r in cache.read_shards(tmp_path / "one")}
+
+
+def test_positives_consistency_allows_extra_findings_and_changes_the_hash(teacher_dir, tmp_path):
+    from teacher.checked import names_every_positive
+
+    study = [math.nan] * len(FINDINGS)
+    study[FINDING_INDEX["Cardiomegaly"]] = 1.0
+    extra = list(study)
+    extra[FINDING_INDEX["Edema"]] = 1.0  # named, not labelled (a cause the report implies)
+    assert names_every_positive(extra, study) and not names_every_positive([math.nan] * len(FINDINGS), study)
+    always_edema = _labels_for(lambda t: ["Edema"] + [n for n in ("Cardiomegaly", "Pleural Effusion") if n.lower() in t.lower()])
+    studies = toy_studies(6)
+    strict = _run(studies, teacher_dir, tmp_path / "s", label_fn=always_edema)
+    loose = _run(studies, teacher_dir, tmp_path / "p", label_fn=always_edema, consistency="positives")
+    assert strict["consistent"] < loose["consistent"]
+    assert gen.gen_config_hash(_cfg(consistency="positives")) != gen.gen_config_hash(_cfg())
+    assert json.loads((tmp_path / "p" / "cache.json").read_text())["gen_config"]["consistency"] == "positives"
