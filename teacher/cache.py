@@ -43,10 +43,18 @@ TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
 STUDENT_COLUMNS = ("study_id", "rationale", "embedding")
 META_FILE = "cache.json"
 # What must match between a cache and the current run (the rest of cache.json is information).
-META_KEYS = ("teacher_id", "adapter_hash", "prompt_version", "gen_config_hash")
+META_KEYS = ("teacher_id", "adapter_hash", "prompt_version", "prompt_mode", "gen_config_hash")
 KIND = "rationale cache"
 # Locks taken by check_metadata, released by merge (folder -> lock).
 _locks: dict[Path, FolderLock] = {}
+DESCRIPTION = (
+    "Teacher rationales for chest X-ray studies (kdistill). One row per study: the prompt the "
+    "teacher read (the study's report and/or labelled findings, per the cache's prompt_mode), the "
+    "rationale it wrote, the teacher's identity (base model + LoRA adapter hash) and generation "
+    "config hash, the teacher's pooled hidden state over the rationale (embedding), and whether the "
+    "project's rule-based CheXpert-style labeler finds in the rationale exactly the study's labelled "
+    "findings (consistent). Machine-written text for research on distillation; not for clinical use."
+)
 
 
 def features(with_topk: bool = False):
@@ -88,6 +96,7 @@ def _check_and_write_metadata(out_dir: Path, meta: dict[str, Any], force: bool) 
             old = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(path, f"not valid JSON: {err}") from None
+        old.setdefault("prompt_mode", "labels+report")  # caches from before modes existed
         diff = {k: (old.get(k), meta.get(k)) for k in META_KEYS if old.get(k) != meta.get(k)}
         if diff:
             if not force:
@@ -104,7 +113,7 @@ def _check_and_write_metadata(out_dir: Path, meta: dict[str, Any], force: bool) 
 def clear(out_dir: Path) -> None:
     for name in ("shards", "dataset"):
         shutil.rmtree(out_dir / name, ignore_errors=True)
-    for name in (META_FILE, "summary.json"):
+    for name in (META_FILE, "summary.json", "README.md"):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -177,10 +186,12 @@ def _arrow_schema(with_topk: bool = False):
     ])
 
 
-def merge(out_dir: Path, order: Sequence[str]) -> tuple[Any, dict[str, int]]:
+def merge(out_dir: Path, order: Sequence[str], meta: dict[str, Any] | None = None) -> tuple[Any, dict[str, int]]:
     """All shards -> ``<out>/dataset`` (rows in ``order``, the input study order); checks every
-    study of ``order`` is there exactly once. Returns (dataset, counts)."""
-    from datasets import Dataset
+    study of ``order`` is there exactly once. The dataset's ``DatasetInfo`` carries its
+    description and features (and ``meta``, cache.json's content, as its config name's source).
+    Returns (dataset, counts)."""
+    from datasets import Dataset, DatasetInfo
 
     rows = read_shards(out_dir)
     by_key: dict[str, dict[str, Any]] = {}
@@ -207,7 +218,9 @@ def merge(out_dir: Path, order: Sequence[str]) -> tuple[Any, dict[str, int]]:
     with_topk = all(r.get("topk_ids") is not None for r in ordered)
     columns = COLUMNS + (TOPK_COLUMNS if with_topk else ())
     data = {c: [r[c] for r in ordered] for c in columns}
-    dataset = Dataset.from_dict(data, features=features(with_topk))
+    info = DatasetInfo(description=DESCRIPTION + _meta_line(meta), features=features(with_topk),
+                       license="research use; the source reports' terms apply")
+    dataset = Dataset.from_dict(data, features=features(with_topk), info=info)
     _save_dataset_atomic(dataset, out_dir / "dataset")
     release(out_dir)
     return dataset, counts
@@ -218,6 +231,13 @@ def release(out_dir: Path) -> None:
     lock = _locks.pop(Path(out_dir).resolve(), None)
     if lock is not None:
         lock.release()
+
+
+def _meta_line(meta: dict[str, Any] | None) -> str:
+    if not meta:
+        return ""
+    keys = ("teacher_id", "prompt_version", "prompt_mode", "gen_config_hash", "tokenizer_hash")
+    return " Made by: " + ", ".join(f"{k}={meta[k]}" for k in keys if k in meta) + "."
 
 
 def _save_dataset_atomic(dataset, path: Path) -> None:

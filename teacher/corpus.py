@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from kdistill.errors import DataError
 from kdistill.labels import FINDINGS
-from teacher.prompts import doc_mentions, format_prompt
+from teacher.prompts import DEFAULT_MODE, doc_mentions, format_prompt
 
 KINDS = ("textbook", "rationale")
 
@@ -70,7 +70,7 @@ def split_holdout(docs: list[dict[str, Any]], fraction: float, seed: int) -> tup
 
 
 def pair_examples(docs: list[dict[str, Any]], seed: int, copies: int = 1,
-                  reports: dict[frozenset, list[str]] | None = None) -> list[Example]:
+                  reports: dict[frozenset, list[str]] | None = None, mode: str = DEFAULT_MODE) -> list[Example]:
     """Prompt -> rationale pairs from the rationale docs.
 
     Corpus docs have no report. When ``reports`` (``report_bank``: real train-split reports by
@@ -79,6 +79,10 @@ def pair_examples(docs: list[dict[str, Any]], seed: int, copies: int = 1,
     generation. Otherwise it is empty or a short one written from the doc's findings plus a few
     negated others (``pseudo_report``). On the phantom, the teacher trained on pseudo reports only
     wrote consistent rationales for 38% of real-report prompts vs 60% with the report left out.
+
+    ``mode`` (``teacher.prompts.PROMPT_MODES``) is the prompt layout. In ``report`` mode the
+    report is all the teacher reads, so a pair always has one (a pseudo report when the bank has
+    none): a pair with no report would teach it to name findings nothing in the prompt states.
     """
     rng = random.Random(seed)
     out = []
@@ -90,10 +94,10 @@ def pair_examples(docs: list[dict[str, Any]], seed: int, copies: int = 1,
             if real and rng.random() < 0.8:
                 report = rng.choice(real)
             else:
-                report = pseudo_report(doc, rng) if rng.random() < 0.7 else ""
+                report = pseudo_report(doc, rng) if rng.random() < 0.7 or mode == "report" else ""
             # The target keeps its leading space: byte-level BPE then splits prompt and target
             # exactly as at generation, where the model continues right after "Rationale:".
-            out.append(Example(format_prompt(doc_mentions(doc), report), " " + doc["text"].strip()))
+            out.append(Example(format_prompt(doc_mentions(doc), report, mode), " " + doc["text"].strip()))
     return out
 
 

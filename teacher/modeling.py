@@ -47,10 +47,55 @@ def check_model_path(model_id: str | Path) -> None:
         raise DataError(model_id, "not a transformers model folder (no config.json)")
 
 
+# How a user allows a model folder's own Python code for one run (every stage config has the key).
+REMOTE_CODE_FLAG = "trust_remote_code=true"
+_CODE_FILES = ("config.json", "tokenizer_config.json", "adapter_config.json")
+
+
+def remote_code_request(folder: str | Path) -> str | None:
+    """Why loading the local model folder ``folder`` would run Python code it ships (an
+    ``auto_map`` in its config files), or None."""
+    folder = Path(str(folder)).expanduser()
+    for name in _CODE_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            modules = sorted({str(v).split(".")[0] for v in _flatten(data["auto_map"])})
+            return f"{name} has an auto_map naming its own Python code ({', '.join(m + '.py' for m in modules)})"
+    return None
+
+
+def _flatten(value) -> list:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _flatten(v)]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flatten(v)]
+    return [] if value is None else [value]
+
+
+def check_remote_code(model_id: str | Path, trust_remote_code: bool, reason: str | None = None) -> None:
+    """Refuse a local folder that asks to run its own code unless the user allowed it for this
+    run (``trust_remote_code: true`` in the stage config or the override on the command line).
+    Hub ids are left to transformers, which refuses remote code unless the flag is passed."""
+    if trust_remote_code or not is_local(model_id):
+        return
+    reason = reason or remote_code_request(model_id)
+    if reason:
+        raise DataError(model_id, f"{reason}: loading it would run that code. It is not run unless you allow it "
+                                  f"for this run: pass {REMOTE_CODE_FLAG} (the stage config's trust_remote_code, or "
+                                  f"the override on the command line) if you trust this folder")
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     """AutoTokenizer with a pad token (set to EOS, or added, and logged, when missing)."""
     from transformers import AutoTokenizer
 
+    check_remote_code(path, trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -76,6 +121,7 @@ def load_causal_lm(model_id: str | Path, dtype: str = "float32", trust_remote_co
     from transformers import AutoModelForCausalLM
 
     check_model_path(model_id)
+    check_remote_code(model_id, trust_remote_code)
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(model_id), dtype=_dtype(dtype), trust_remote_code=trust_remote_code
@@ -137,23 +183,36 @@ def read_teacher_json(folder: str | Path) -> dict[str, Any]:
         raise DataError(path, f"not valid JSON: {err}") from None
 
 
-def load_teacher(folder: str | Path, device: str | torch.device = "cpu", dtype: str | None = None):
+def teacher_base(folder: str | Path, meta: dict[str, Any]) -> str:
+    """The base model a teacher folder's adapter sits on: its path relative to the folder when
+    that still exists (the run folder may have moved), else the recorded path or hub id."""
+    folder = Path(folder)
+    if meta.get("base_relative") and (folder / meta["base_relative"]).is_dir():
+        return str((folder / meta["base_relative"]).resolve())
+    return meta["base"]
+
+
+def load_teacher(folder: str | Path, device: str | torch.device = "cpu", dtype: str | None = None,
+                 trust_remote_code: bool = False):
     """(model with the LoRA merged in, tokenizer, teacher.json) ready for inference.
 
     Merging (``merge_and_unload``) makes generation run at the base model's speed: no extra
-    LoRA matmuls per layer per step.
+    LoRA matmuls per layer per step. ``trust_remote_code`` is the user's word for this run:
+    a teacher trained with remote code (``teacher.json``) or a base or teacher folder whose
+    config maps to its own Python files is refused without it, naming the folder and the flag.
     """
     from peft import PeftModel
 
     folder = Path(folder)
     meta = read_teacher_json(folder)
-    base = meta["base"]
-    if meta.get("base_relative") and (folder / meta["base_relative"]).is_dir():
-        base = str((folder / meta["base_relative"]).resolve())  # the run folder may have moved
+    base = teacher_base(folder, meta)
     check_model_path(base)
-    tok = load_tokenizer(folder, trust_remote_code=meta.get("trust_remote_code", False))
-    model = load_causal_lm(base, dtype=dtype or meta.get("dtype", "float32"),
-                           trust_remote_code=meta.get("trust_remote_code", False))
+    if meta.get("trust_remote_code"):
+        check_remote_code(folder, trust_remote_code, "teacher.json says this teacher was trained with "
+                                                      "trust_remote_code (its base runs its own Python code)")
+    check_remote_code(folder, trust_remote_code)
+    tok = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(base, dtype=dtype or meta.get("dtype", "float32"), trust_remote_code=trust_remote_code)
     if len(tok) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tok))
     model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()

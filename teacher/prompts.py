@@ -1,9 +1,9 @@
-"""The teacher's prompt template, versioned.
+"""The teacher's prompt template, versioned, in three modes.
 
-A prompt names the study's labelled findings (positive and uncertain, with laterality and
-severity words taken from the report) and quotes the report; the teacher never sees the image.
-Corpus rationale docs carry the same information (``findings`` + ``attributes``), so the same
-template turns them into prompt -> rationale training pairs.
+A ``labels+report`` prompt names the study's labelled findings (positive and uncertain, with
+laterality and severity words taken from the report) and quotes the report; the teacher never
+sees the image. Corpus rationale docs carry the same information (``findings`` +
+``attributes``), so the same template turns them into prompt -> rationale training pairs.
 
 Layout (report first, findings last, so the line the rationale must explain sits right before
 it whatever the report's length)::
@@ -11,6 +11,11 @@ it whatever the report's length)::
     Report: FINDINGS: ... IMPRESSION: ...
     Findings: Pleural Effusion (left, small); Cardiomegaly (uncertain)
     Rationale:
+
+``PROMPT_MODES``: ``labels+report`` (the layout above), ``report`` (the ``Report:`` line
+alone: the teacher must name and explain the findings itself, which is where what it learned
+from the corpus shows) and ``labels`` (the ``Findings:`` line alone). A teacher is trained and
+used in one mode; the rationale cache records the mode and refuses another.
 
 Bump ``PROMPT_VERSION`` whenever the text a prompt produces changes: the rationale cache
 records it and refuses to mix versions.
@@ -28,6 +33,8 @@ PROMPT_VERSION = "3"
 RATIONALE_MARKER = "Rationale:"
 NO_FINDINGS = "none"
 NO_REPORT = "none."
+PROMPT_MODES = ("labels+report", "report", "labels")
+DEFAULT_MODE = "labels+report"
 
 # Words that locate a finding in a report sentence; used only to pick the sentence from which
 # laterality / severity words are read (labelling itself is the labeler's job).
@@ -83,9 +90,18 @@ def findings_line(mentions: Sequence[FindingMention]) -> str:
     return "; ".join(m.text() for m in ordered) if ordered else NO_FINDINGS
 
 
-def format_prompt(mentions: Sequence[FindingMention], report: str) -> str:
+def check_mode(mode: str) -> str:
+    if mode not in PROMPT_MODES:
+        raise ValueError(f"prompt_mode must be one of {', '.join(PROMPT_MODES)}, got {mode!r}")
+    return mode
+
+
+def format_prompt(mentions: Sequence[FindingMention], report: str, mode: str = DEFAULT_MODE) -> str:
     report = " ".join(report.split()) or NO_REPORT
-    return f"Report: {report}\nFindings: {findings_line(mentions)}\n{RATIONALE_MARKER}"
+    lines = {"labels+report": [f"Report: {report}", f"Findings: {findings_line(mentions)}"],
+             "report": [f"Report: {report}"],
+             "labels": [f"Findings: {findings_line(mentions)}"]}[check_mode(mode)]
+    return "\n".join(lines + [RATIONALE_MARKER])
 
 
 def attributes_from_report(finding: str, report: str) -> tuple[str | None, str | None]:
@@ -134,6 +150,7 @@ def doc_mentions(doc: Mapping[str, Any]) -> list[FindingMention]:
 class BuiltPrompt:
     text: str
     truncated: bool
+    n_findings: int = 0  # positive + uncertain findings of the study (what the rationale covers)
 
 
 def build_prompt(
@@ -141,24 +158,26 @@ def build_prompt(
     report: str,
     count_tokens: Callable[[str], int] | None = None,
     max_tokens: int | None = None,
+    mode: str = DEFAULT_MODE,
 ) -> BuiltPrompt:
     """The prompt, with the report cut (from its end, marked "...") when the whole prompt
     would exceed ``max_tokens``; the findings are never cut."""
-    text = format_prompt(mentions, report)
+    text = format_prompt(mentions, report, mode)
+    n = len(mentions)
     if count_tokens is None or max_tokens is None or count_tokens(text) <= max_tokens:
-        return BuiltPrompt(text, False)
+        return BuiltPrompt(text, False, n)
     words = report.split()
     lo, hi = 0, len(words)  # binary search for the longest report prefix that fits
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if count_tokens(format_prompt(mentions, " ".join(words[:mid]) + " ...")) <= max_tokens:
+        if count_tokens(format_prompt(mentions, " ".join(words[:mid]) + " ...", mode)) <= max_tokens:
             lo = mid
         else:
             hi = mid - 1
-    return BuiltPrompt(format_prompt(mentions, " ".join(words[:lo]) + " ..."), True)
+    return BuiltPrompt(format_prompt(mentions, " ".join(words[:lo]) + " ...", mode), True, n)
 
 
-def prompt_for_study(study: Any, count_tokens=None, max_tokens=None) -> BuiltPrompt:
+def prompt_for_study(study: Any, count_tokens=None, max_tokens=None, mode: str = DEFAULT_MODE) -> BuiltPrompt:
     """Prompt of a ``kdistill.data.study.Study`` (its labels and report)."""
     report = study.report
-    return build_prompt(study_mentions(study.labels, report), report, count_tokens, max_tokens)
+    return build_prompt(study_mentions(study.labels, report), report, count_tokens, max_tokens, mode)

@@ -30,11 +30,14 @@ import torch
 
 from kdistill import config as cfglib
 from kdistill.errors import DataError
+from kdistill.io import write_json
 from kdistill.training import Checkpoints, cosine_schedule, set_num_threads
 from teacher import corpus as corpuslib
 from teacher import lm_data
 from kdistill.labeler.consistency import default_label_fn
+from teacher.cards import write_teacher_card
 from teacher.modeling import adapter_hash, check_model_path, is_local, load_causal_lm, load_tokenizer, lora_targets
+from teacher.prompts import DEFAULT_MODE, PROMPT_VERSION, check_mode
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,13 @@ class TeacherTrainConfig:
     base: str | None = None  # local path or hub id; default: the teacher_pretrain stage's output
     corpus: str | None = None  # default: <data root>/corpus/corpus.jsonl
     reports: bool = True  # train-split reports of the data root as the pairs' reports
-    # "bf16"/"fp16": autocast over float32 weights (real models on a GPU); "no": float32.
+    # "bf16"/"fp16": autocast over float32 weights (real models on a GPU; bf16 also on a CPU); "no": float32.
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False  # True for real models (memory for compute)
-    trust_remote_code: bool = False  # only when the user sets it
+    trust_remote_code: bool = False  # allow a base folder's own Python code for this run (only when the user sets it)
+    # labels+report | report | labels (teacher.prompts.PROMPT_MODES); "": the base's pretraining mode
+    # (pretrain.json), labels+report for other bases
+    prompt_mode: str = ""
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -84,6 +90,8 @@ class TeacherTrainConfig:
             raise ValueError("max_steps, batch_size and grad_accum must be >= 1")
         if self.lora_r < 1:
             raise ValueError("lora_r must be >= 1")
+        if self.prompt_mode:
+            check_mode(self.prompt_mode)
 
     def training_hash(self, base: str, corpus_path: str | Path) -> str:
         """What a resumable state must match (not logging, saving or the thread count)."""
@@ -104,6 +112,7 @@ class _Setup:
     eval_rows: list
     targets: Any
     trainable: int
+    mode: str
 
 
 def train(cfg: TeacherTrainConfig, base: str | Path, corpus_path: str | Path, out_dir: str | Path,
@@ -150,7 +159,8 @@ def _setup(cfg: TeacherTrainConfig, base: str, docs: list[dict[str, Any]], data)
     from accelerate.utils import set_seed
     from peft import LoraConfig, get_peft_model
 
-    precision = "no" if cfg.cpu else cfg.mixed_precision
+    # bf16 autocast also runs on CPUs (AVX512-BF16: ~1.4x the float32 step on this machine); fp16 does not
+    precision = "no" if cfg.cpu and cfg.mixed_precision == "fp16" else cfg.mixed_precision
     accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
     set_seed(cfg.seed)
     tok = load_tokenizer(base, trust_remote_code=cfg.trust_remote_code)
@@ -170,12 +180,13 @@ def _setup(cfg: TeacherTrainConfig, base: str, docs: list[dict[str, Any]], data)
     log.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, targets, trainable)
 
     # rationale paragraphs + prompt -> rationale pairs, a held-out part for eval
+    mode = train_mode(cfg, base)
     train_docs, eval_docs = corpuslib.split_holdout(docs, cfg.eval_fraction, cfg.seed)
     bank = corpuslib.load_report_bank(data) if cfg.reports else {}
     examples = (corpuslib.text_examples(train_docs, kinds=("rationale",)) * cfg.doc_copies
-                + corpuslib.pair_examples(train_docs, cfg.seed, copies=cfg.pair_copies, reports=bank))
+                + corpuslib.pair_examples(train_docs, cfg.seed, copies=cfg.pair_copies, reports=bank, mode=mode))
     eval_examples = (corpuslib.text_examples(eval_docs, kinds=("rationale",))
-                     + corpuslib.pair_examples(eval_docs, cfg.seed + 1, reports=bank))
+                     + corpuslib.pair_examples(eval_docs, cfg.seed + 1, reports=bank, mode=mode))
     rows = lm_data.encode(examples, tok, cfg.max_length)
     eval_rows = lm_data.encode(eval_examples, tok, cfg.max_length)
     # Batches of similar lengths (padding would otherwise cost 2-3x the compute), reshuffled
@@ -188,7 +199,20 @@ def _setup(cfg: TeacherTrainConfig, base: str, docs: list[dict[str, Any]], data)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     sched = cosine_schedule(opt, cfg.warmup_steps, cfg.max_steps, floor=0.1, warmup_from_zero=False)
     model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
-    return _Setup(accelerator, tok, model, opt, sched, loader, sampler, eval_rows, targets, trainable)
+    return _Setup(accelerator, tok, model, opt, sched, loader, sampler, eval_rows, targets, trainable, mode)
+
+
+def train_mode(cfg: TeacherTrainConfig, base: str) -> str:
+    """The prompt mode: the config's, else the one the base was pretrained in (its pretrain.json)."""
+    if cfg.prompt_mode:
+        return cfg.prompt_mode
+    path = Path(base) / "pretrain.json"
+    if is_local(base) and path.is_file():
+        try:
+            return json.loads(path.read_text()).get("config", {}).get("prompt_mode") or DEFAULT_MODE
+        except json.JSONDecodeError as err:
+            raise DataError(path, f"not valid JSON: {err}") from None
+    return DEFAULT_MODE
 
 
 def _fit(cfg: TeacherTrainConfig, run: _Setup, checkpoints: Checkpoints, step: int):
@@ -240,6 +264,7 @@ def _finish(cfg: TeacherTrainConfig, run: _Setup, base: str, corpus_path, out_di
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         accelerator.unwrap_model(run.model).save_pretrained(str(out_dir), safe_serialization=True)
+        _absolute_base_in_adapter_config(out_dir, base)
         run.tok.save_pretrained(str(out_dir))
         digest = adapter_hash(out_dir)
         result = {
@@ -257,12 +282,15 @@ def _finish(cfg: TeacherTrainConfig, run: _Setup, base: str, corpus_path, out_di
             "teacher_id": teacher_id(base, digest),
             "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.mixed_precision, "float32"),
             "trust_remote_code": cfg.trust_remote_code,
+            "prompt_mode": run.mode,
+            "prompt_version": PROMPT_VERSION,
             "lora_targets": run.targets,
             "config": cfglib.to_dict(cfg),
             "corpus": str(corpus_path),
             "result": result,
         }
         cfglib.save_json(meta, out_dir / "teacher.json")
+        write_teacher_card(out_dir, meta, _pretrain_record(base))
         checkpoints.clear()  # finished: nothing to resume
         log.info("teacher saved to %s (adapter %s): %s", out_dir, digest[:12], json.dumps(final_eval))
     accelerator.wait_for_everyone()
@@ -282,6 +310,27 @@ def teacher_id(base: str, digest: str) -> str:
 
 def _save_checkpoint(accelerator, checkpoints: Checkpoints, step: int) -> None:
     checkpoints.save(accelerator, step, {"step": step})
+
+
+def _absolute_base_in_adapter_config(out_dir: Path, base: str) -> None:
+    """peft records the base as it was named (a path relative to the cwd of this run); an absolute
+    path lets ``AutoPeftModelForCausalLM.from_pretrained(out_dir)`` find it from any cwd."""
+    if not is_local(base):
+        return
+    path = out_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = str(Path(base).expanduser().resolve())
+    write_json(path, config)
+
+
+def _pretrain_record(base: str) -> dict[str, Any] | None:
+    path = Path(base) / "pretrain.json"
+    if not (is_local(base) and path.is_file()):
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
 
 
 def _relative(base: str, out_dir: Path) -> str | None:

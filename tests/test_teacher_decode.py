@@ -1,5 +1,7 @@
 """teacher.decode: continuous batching over paged KV equals transformers' generate, one prompt
-at a time, on tiny random models of the families it admits; other families are refused."""
+at a time, on tiny random models of the families it admits (Llama, Mistral with a sliding
+window shorter than the sequences, Qwen2 with biases and sliding layers, GPT-2); other
+families, and models whose forward it does not reproduce, are refused."""
 from __future__ import annotations
 
 import pytest
@@ -30,6 +32,38 @@ def _qwen2():
     return Qwen2ForCausalLM(cfg).eval()
 
 
+def _mistral(window=6):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(2)
+    cfg = MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                        sliding_window=window, bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
+    return MistralForCausalLM(cfg).eval()
+
+
+def _qwen2_sliding():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(4)
+    cfg = Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      use_sliding_window=True, sliding_window=5, max_window_layers=1,
+                      bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
+    model = Qwen2ForCausalLM(cfg).eval()
+    assert model.config.layer_types == ["full_attention", "sliding_attention"]
+    return model
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(5)
+    cfg = GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                     bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
+    return GPT2LMHeadModel(cfg).eval()
+
+
 def _prompts(n=7, vocab=97):
     g = torch.Generator().manual_seed(3)
     lengths = [1, 3, 4, 5, 8, 9, 13, 17][:n]  # around the page size the test sets (4)
@@ -53,7 +87,11 @@ def _embedding(model, prompt, ids):
     return hidden[-max(len(ids), 1):].mean(0)
 
 
-@pytest.mark.parametrize("make", [_llama, lambda: _llama(kv=2), _qwen2], ids=["llama", "llama-gqa", "qwen2-bias"])
+FAMILIES = [_llama, lambda: _llama(kv=2), _qwen2, _mistral, _qwen2_sliding, _gpt2]
+FAMILY_IDS = ["llama", "llama-gqa", "qwen2-bias", "mistral-window", "qwen2-sliding-layer", "gpt2"]
+
+
+@pytest.mark.parametrize("make", FAMILIES, ids=FAMILY_IDS)
 def test_greedy_equals_generate_one_by_one(make, monkeypatch):
     monkeypatch.setattr(decode, "PAGE", 4)  # many page boundaries, pool growth
     model = make()
@@ -94,13 +132,16 @@ def test_sampling_follows_each_rows_own_seed(monkeypatch):
     assert a != run(prompts, [s + 50 for s in range(len(prompts))], slots=5)
 
 
-def test_other_families_are_refused():
-    from transformers import GPT2Config, GPT2LMHeadModel
+def test_other_families_and_unfaithful_forwards_are_refused():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
-    assert not decode.supports(gpt2)
-    windowed = _llama()
-    windowed.config.model_type = "mistral"
-    windowed.config.sliding_window = 16  # a window shorter than the context: not applied here
-    assert not decode.supports(windowed)
-    assert decode.supports(windowed, context=16)  # sequences that never reach the window
+    neox = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, max_position_embeddings=64)).eval()
+    assert not decode.supports(neox)  # not a layout this loop knows
+    gpt2 = _gpt2()
+    assert decode.supports(gpt2, context=64) and not decode.supports(gpt2, context=65)  # past n_positions
+    # a Llama whose forward differs from the layout (an extra scale in its MLP) fails the probe
+    odd = _llama()
+    real = odd.model.layers[0].mlp.forward
+    odd.model.layers[0].mlp.forward = lambda x: 1.5 * real(x)
+    assert not decode.supports(odd)

@@ -3,6 +3,7 @@ consistency flags and retries, cache metadata, bad input, OOM, the vllm switch."
 from __future__ import annotations
 
 import copy
+import math
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from kdistill.config import ConfigError  # noqa: E402
 from kdistill.errors import DataError  # noqa: E402
 from kdistill.labels import FINDING_INDEX, FINDINGS  # noqa: E402
 from teacher import cache  # noqa: E402
+from teacher import checked  # noqa: E402
 from teacher import generate as gen  # noqa: E402
 from teacher.modeling import load_teacher  # noqa: E402
 from teacher.pretrain import TeacherPretrainConfig as PretrainConfig  # noqa: E402
@@ -233,15 +235,15 @@ def test_consistency_flags_and_sampled_retries(teacher_dir, tmp_path, monkeypatc
         return by_text.get(text, [])
 
     label_fn = _labels_for(findings_of)
-    orig_check = gen._check
+    orig_check = checked.CheckedGeneration.check
 
-    def check(outputs, units, studies_, fn):
+    def check(self, outputs, units):
         for g, (_, idxs) in zip(outputs, units):
             if g.text.startswith("SAMPLED"):
-                by_text[g.text] = positives[studies_[idxs[0]].study_id]
-        return orig_check(outputs, units, studies_, fn)
+                by_text[g.text] = positives[self.studies[idxs[0]].study_id]
+        return orig_check(self, outputs, units)
 
-    monkeypatch.setattr(gen, "_check", check)
+    monkeypatch.setattr(checked.CheckedGeneration, "check", check)
     summary = _run(studies, teacher_dir, tmp_path / "r", label_fn=label_fn, max_retries=2)
     rows = {r["study_id"]: r for r in _rows(tmp_path / "r")}
     for s in studies:
@@ -456,3 +458,90 @@ def test_two_cpu_processes_split_the_studies_and_both_write_shards(teacher_dir, 
                             gen.TeacherGenerateConfig(batch_size=2, max_new_tokens=40, cpu=True, max_retries=0),
                             label_fn=stub_label_reports)
     assert [r["rationale"] for r in rows] == [r["rationale"] for r in _rows(single)]
+
+
+def _teacher_in_mode(teacher_dir, tmp_path, mode):
+    """A copy of the teacher whose teacher.json says it was trained in ``mode``."""
+    import shutil
+
+    copy = tmp_path / f"teacher_{mode.replace('+', '_')}"
+    shutil.copytree(teacher_dir, copy)
+    meta = json.loads((copy / "teacher.json").read_text())
+    (copy / "teacher.json").write_text(json.dumps({**meta, "prompt_mode": mode}))
+    return copy
+
+
+def test_prompt_mode_is_recorded_and_a_cache_of_one_mode_is_refused_for_another(teacher_dir, tmp_path):
+    studies = toy_studies(3)
+    report_teacher = _teacher_in_mode(teacher_dir, tmp_path, "report")
+    summary = _run(studies, report_teacher, tmp_path / "r")  # prompt_mode "": the teacher's
+    meta = json.loads((tmp_path / "r" / "cache.json").read_text())
+    assert summary["prompt_mode"] == meta["prompt_mode"] == "report"
+    assert meta["gen_config"]["prompt_mode"] == "report"
+    assert meta["gen_config_hash"] == gen.gen_config_hash(_cfg(), "report") != gen.gen_config_hash(_cfg())
+    rows = _rows(tmp_path / "r")
+    assert all(r["prompt"].startswith("Report: ") and "\nFindings:" not in r["prompt"] for r in rows)
+    # the same rows asked for in another mode: refused, naming the mode
+    labels_teacher = _teacher_in_mode(teacher_dir, tmp_path, "labels+report")
+    with pytest.raises(DataError, match="prompt_mode: cache 'report' vs now 'labels\\+report'"):
+        _run(studies, labels_teacher, tmp_path / "r")
+    # a mode the teacher was not trained in: refused, naming the teacher and the modes
+    with pytest.raises(DataError, match="trained on 'report' prompts") as err:
+        _run(studies, report_teacher, tmp_path / "x", prompt_mode="labels")
+    assert "teacher.json" in str(err.value)
+    with pytest.raises(ValueError, match="prompt_mode must be one of"):
+        _cfg(prompt_mode="image").validate()
+
+
+def test_old_caches_without_a_mode_read_as_labels_and_report(teacher_dir, tmp_path):
+    studies = toy_studies(2)
+    _run(studies, teacher_dir, tmp_path / "r")
+    path = tmp_path / "r" / "cache.json"
+    old = json.loads(path.read_text())
+    del old["prompt_mode"]
+    path.write_text(json.dumps(old))
+    assert _run(studies, teacher_dir, tmp_path / "r")["resumed_rows"] == 2
+
+
+def test_rationale_dataset_has_description_features_and_a_card(teacher_dir, tmp_path):
+    summary = _run(toy_studies(3), teacher_dir, tmp_path / "r")
+    ds = cache.load_rationales(tmp_path / "r")
+    assert ds.info.description.startswith("Teacher rationales for chest X-ray studies")
+    assert summary["teacher_id"] in ds.info.description and "prompt_mode=labels+report" in ds.info.description
+    assert ds.info.features == cache.features() == ds.features
+    card = (tmp_path / "r" / "README.md").read_text()
+    assert "Research use only" in card and summary["teacher_id"] in card
+    assert f"consistent_fraction | {summary['consistent_fraction']}" in card
+    assert all(f"`{c}`" in card for c in cache.COLUMNS)
+
+
+def test_pooled_retries_choose_the_same_rows_whatever_the_pool(teacher_dir, tmp_path):
+    """Retries decoded side by side, pooled across batches, keep the lowest accepted attempt: the
+    rows equal those of one attempt at a time (batch_size 1: a pool of one, one attempt per round)."""
+    studies = toy_studies(10)
+    picky = lambda texts: np.where(  # noqa: E731 (accepts about half of the samples, by their text)
+        np.array([[len(t) % 2 == 0] * len(FINDINGS) for t in texts]), stub_label_reports(texts), 1.0)
+    a = _run(studies, teacher_dir, tmp_path / "wide", label_fn=picky, max_retries=4, batch_size=8)
+    b = _run(studies, teacher_dir, tmp_path / "one", label_fn=picky, max_retries=4, batch_size=1)
+    assert a["retried"] > 0 and 0 < a["consistent"] < len(studies)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "embedding"} for r in rows]  # noqa: E731
+    assert strip(_rows(tmp_path / "wide")) == strip(_rows(tmp_path / "one"))
+    shards = cache.read_shards(tmp_path / "wide")
+    assert {r["study_id"]: r["tries"] for r in shards} == {r["study_id"]: r["tries"] for r in cache.read_shards(tmp_path / "one")}
+
+
+def test_positives_consistency_allows_extra_findings_and_changes_the_hash(teacher_dir, tmp_path):
+    from teacher.checked import names_every_positive
+
+    study = [math.nan] * len(FINDINGS)
+    study[FINDING_INDEX["Cardiomegaly"]] = 1.0
+    extra = list(study)
+    extra[FINDING_INDEX["Edema"]] = 1.0  # named, not labelled (a cause the report implies)
+    assert names_every_positive(extra, study) and not names_every_positive([math.nan] * len(FINDINGS), study)
+    always_edema = _labels_for(lambda t: ["Edema"] + [n for n in ("Cardiomegaly", "Pleural Effusion") if n.lower() in t.lower()])
+    studies = toy_studies(6)
+    strict = _run(studies, teacher_dir, tmp_path / "s", label_fn=always_edema)
+    loose = _run(studies, teacher_dir, tmp_path / "p", label_fn=always_edema, consistency="positives")
+    assert strict["consistent"] < loose["consistent"]
+    assert gen.gen_config_hash(_cfg(consistency="positives")) != gen.gen_config_hash(_cfg())
+    assert json.loads((tmp_path / "p" / "cache.json").read_text())["gen_config"]["consistency"] == "positives"

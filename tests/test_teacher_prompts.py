@@ -200,3 +200,30 @@ def test_pairs_use_real_reports_with_the_same_finding_set():
     assert any("Edema (uncertain)" in p.prompt for p in pairs if p.target == " Meniscus; maybe edema.")
     cardio_reports = {p.prompt.splitlines()[0] for p in pairs if p.target == " Wide heart."}
     assert not any("pleural effusion." in r.lower() and "no pleural" not in r.lower() for r in cardio_reports)
+
+
+def test_the_three_prompt_modes():
+    from teacher.prompts import PROMPT_MODES
+
+    study = _study(_labels(Pleural_Effusion=1.0), findings="Small left pleural effusion.")
+    texts = {mode: prompt_for_study(study, mode=mode).text for mode in PROMPT_MODES}
+    assert texts["labels+report"] == ("Report: FINDINGS: Small left pleural effusion.\n"
+                                      "Findings: Pleural Effusion (left, small)\nRationale:")
+    assert texts["report"] == "Report: FINDINGS: Small left pleural effusion.\nRationale:"
+    assert texts["labels"] == "Findings: Pleural Effusion (left, small)\nRationale:"
+    assert prompt_for_study(study).text == texts["labels+report"]  # the default, as before modes
+    assert prompt_for_study(study, mode="report").n_findings == 1
+    with pytest.raises(ValueError, match="prompt_mode must be one of"):
+        format_prompt([], "x", mode="image")
+
+
+def test_report_mode_pairs_always_carry_a_report_and_other_modes_keep_their_draws():
+    docs = [{"kind": "rationale", "text": f"Effusion {i}.", "findings": ["Pleural Effusion"],
+             "attributes": {"Pleural Effusion": {"laterality": "left"}}} for i in range(60)]
+    report = corpuslib.pair_examples(docs, seed=0, mode="report")
+    assert all(p.prompt.startswith("Report: FINDINGS:") and "Findings:" not in p.prompt for p in report)
+    both = corpuslib.pair_examples(docs, seed=0)
+    assert any(p.prompt.startswith("Report: none.") for p in both)  # empty reports in the other modes
+    assert [p.target for p in both] == [p.target for p in report]
+    labels = corpuslib.pair_examples(docs, seed=0, mode="labels")
+    assert {p.prompt for p in labels} == {"Findings: Pleural Effusion (left)\nRationale:"}

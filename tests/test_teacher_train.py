@@ -177,3 +177,88 @@ def test_rationale_docs_the_labeler_reads_otherwise_are_dropped_once(tmp_path):
     path.write_text(path.read_text() + json.dumps({"kind": "textbook", "text": "new"}) + "\n")
     with pytest.raises(AssertionError, match="saved"):  # another corpus: the saved verdicts do not apply
         corpuslib.drop_inconsistent(docs, must_not_label, path, [check])
+
+
+def _pretrain_cfg(**kw):
+    defaults = dict(model_config="llama_tiny", max_steps=8, batch_size=8, lr=1e-2, warmup_steps=2, log_every=100)
+    return PretrainConfig(**{**defaults, **kw})
+
+
+def test_killed_pretraining_resumes_to_the_same_weights(toy, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from teacher import pretrain as pretrainlib
+
+    straight = tmp_path / "straight"
+    pretrain(_pretrain_cfg(textbook_fraction=0.3), toy["corpus"], straight, label_fn=stub_label_reports)
+    resumed = tmp_path / "resumed"
+    real_save = pretrainlib._save_checkpoint
+
+    def save_then_die(accelerator, checkpoints, step):
+        real_save(accelerator, checkpoints, step)
+        raise KeyboardInterrupt  # killed right after the step-3 state
+
+    monkeypatch.setattr(pretrainlib, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_pretrain_cfg(textbook_fraction=0.3, save_every=3), toy["corpus"], resumed, label_fn=stub_label_reports)
+    assert json.loads((resumed / "checkpoints" / "step_3" / "state.json").read_text())["step"] == 3
+    assert not (resumed / "model.safetensors").exists()
+    monkeypatch.setattr(pretrainlib, "_save_checkpoint", real_save)
+    result = pretrain(_pretrain_cfg(textbook_fraction=0.3, save_every=3), toy["corpus"], resumed,
+                      label_fn=stub_label_reports)
+    assert result["resumed_from_step"] == 3 and not (resumed / "checkpoints").exists()
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    # a state made by another config is not resumed from
+    other = tmp_path / "other"
+    monkeypatch.setattr(pretrainlib, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_pretrain_cfg(save_every=3), toy["corpus"], other, label_fn=stub_label_reports)
+    monkeypatch.setattr(pretrainlib, "_save_checkpoint", real_save)
+    assert pretrain(_pretrain_cfg(save_every=3, lr=5e-3), toy["corpus"], other,
+                    label_fn=stub_label_reports)["resumed_from_step"] == 0
+
+
+def test_textbook_fraction_mixes_textbook_docs_in_at_that_share(toy):
+    from teacher import corpus as corpuslib
+    from teacher.pretrain import textbook_share
+
+    docs = corpuslib.read_corpus(toy["corpus"])
+    texts = textbook_share(docs, 90, 0.25, seed=0)
+    assert len(texts) == 30  # 30 of 120 sequences
+    textbook = {d["text"] for d in docs if d["kind"] == "textbook"}
+    assert {t.target for t in texts} == textbook  # every doc before any repeats (4 docs, 30 rows)
+    assert textbook_share(docs, 90, 0.0, seed=0) == []
+    assert toy["pretrain"]["docs"] == 0  # the default is pairs only
+    with pytest.warns(FutureWarning, match="textbook_fraction"):
+        from kdistill.config import from_dict
+
+        assert from_dict(PretrainConfig, {"textbook": True}).textbook_fraction == 0.25
+
+
+def test_adapter_loads_with_auto_peft_from_another_cwd_and_the_folder_has_a_model_card(toy, tmp_path, monkeypatch):
+    import shutil
+
+    from peft import AutoPeftModelForCausalLM, PeftModel
+
+    shutil.copytree(toy["base"], tmp_path / "run" / "base")
+    monkeypatch.chdir(tmp_path / "run")  # the base given relative to this cwd, as `kdistill run` does
+    trainlib.train(_train_cfg(max_steps=2), "base", toy["corpus"], Path("teacher"))
+    out = (tmp_path / "run" / "teacher").resolve()
+    recorded = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(recorded).is_absolute() and Path(recorded) == (tmp_path / "run" / "base").resolve()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    auto = AutoPeftModelForCausalLM.from_pretrained(str(out)).eval()
+    manual = PeftModel.from_pretrained(modeling.load_causal_lm(tmp_path / "run" / "base"), str(out)).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        assert torch.allclose(auto(ids).logits, manual(ids).logits, atol=1e-6)
+    card = (out / "README.md").read_text()
+    meta = json.loads((out / "teacher.json").read_text())
+    assert meta["teacher_id"] in card and "Research use only" in card
+    assert f"eval_loss | {meta['result']['eval_loss']}" in card  # a measured figure
+    assert "prompt mode: `labels+report`" in card and "llama_tiny" in card  # what it was trained on
