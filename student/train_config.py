@@ -16,6 +16,10 @@ class StudentTrainConfig:
     loss: LossWeights = dataclasses.field(default_factory=LossWeights)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)  # training images only
     uncertain: Literal["ignore", "ones", "zeros"] = "ignore"
+    # Scarce labels: the share of training studies whose finding labels the student may use (a
+    # seeded draw per study, label_seed); every study keeps its report and rationale.
+    label_fraction: float = 1.0
+    label_seed: int = 0
     blank: Literal["zeros", "ignore"] = "zeros"
     batch_size: int = 32  # per process and micro-batch
     grad_accum: int = 1
@@ -57,6 +61,8 @@ class StudentTrainConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.warmup_steps < 0 or self.save_every < 0:
             raise ValueError("warmup_steps and save_every must be >= 0")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if not self.lr > 0:  # also refuses NaN
             raise ValueError(f"lr must be a positive number, got {self.lr}")
 

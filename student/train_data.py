@@ -73,6 +73,10 @@ def build_datasets(cfg: StudentTrainConfig, prepared, tokenizer, rationales=None
     order = (model_cfg.report_order, model_cfg.rationale_order, model_cfg.rationale_marker)
     train_ds = StudyDataset(prepared["train"], spec, rat_index, cfg.uncertain, cfg.blank, "train", *order)
     val_ds = StudyDataset(prepared["validate"], spec, rat_index, cfg.uncertain, cfg.blank, "validate", *order)
+    if cfg.label_fraction < 1.0:
+        kept = hide_labels(train_ds, cfg.label_fraction, cfg.label_seed)
+        log.info("label_fraction %.2f: %d of %d training studies keep their labels (the rest train on their "
+                 "reports and rationales only)", cfg.label_fraction, kept, len(train_ds))
     cover = coverage(train_ds, inconsistent) if rat_index is not None else None
     if cover and not cover["with_rationale"]:
         raise DataError(rationale_path, _no_rationale_at_all(train_ds, rationales, cfg.consistent_rationales_only,
@@ -88,6 +92,21 @@ def build_datasets(cfg: StudentTrainConfig, prepared, tokenizer, rationales=None
             raise DataError(rationale_path, "w_emb > 0 but the rationale cache has no embeddings")
         model_cfg.teacher_embed_dim = int(train_ds.teacher_embedding.shape[1])
     return TrainingData(train_ds, val_ds, model_cfg, cover, tok_check)
+
+
+def hide_labels(ds, fraction: float, seed: int) -> int:
+    """Scarce labels: keep the finding labels of a seeded ``fraction`` of the split's studies and
+    hide the rest (their classification targets masked out; reports and rationales stay). The
+    draw is per study id, so a smaller fraction keeps a subset of a larger one's studies.
+    Returns how many studies keep their labels."""
+    import hashlib
+
+    import numpy as np
+
+    keep = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{sid}".encode()).digest()[:8], "big") / 2.0 ** 64 < fraction
+                     for sid in ds.study_ids])
+    ds.target_mask[~keep] = 0
+    return int(keep.sum())
 
 
 def _no_rationale_at_all(train_ds, rationales, consistent_only: bool, prepared_path) -> str:
