@@ -37,8 +37,10 @@ def complete_sentences(text: str) -> ShownText:
 
 
 def ended_share(texts: Sequence[ShownText]) -> float | None:
-    """Share of texts that ended with a full sentence (None when there are none)."""
-    return sum(t.ended for t in texts) / len(texts) if texts else None
+    """Share of the written texts that ended with a full sentence (None when none was written, as
+    by a student without text)."""
+    written = [t for t in texts if t.generated]
+    return sum(t.ended for t in written) / len(written) if written else None
 
 
 def shared_counts(texts: Sequence[str]) -> list[int]:
