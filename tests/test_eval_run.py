@@ -374,7 +374,7 @@ def test_a_real_student_checkpoint_goes_through_the_adapter(tiny, tmp_path):
     cfg = cfglib.from_dict(StudentConfig, TINY_MODEL)
     model = create_student(cfg, tokenizer)
     ckpt = tmp_path / "student"
-    save_weights(cfg, model.state_dict(), ckpt)
+    save_weights(model.cfg, model.state_dict(), ckpt)
     save_tokenizer(tokenizer, ckpt)
     thresholds = np.linspace(0.3, 0.7, 14)
     save_thresholds(ckpt, thresholds)

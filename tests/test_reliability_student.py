@@ -135,7 +135,8 @@ def checkpoint(toy, tmp_path):
     torch.manual_seed(0)
     cfg = cfglib.from_dict(StudentConfig, TINY_MODEL)
     folder = tmp_path / "student"
-    ckpt.save_weights(cfg, create_student(cfg, toy[1]).state_dict(), folder)
+    model = create_student(cfg, toy[1])
+    ckpt.save_weights(model.cfg, model.state_dict(), folder)  # model.cfg records the vocabulary it was built with
     ckpt.save_tokenizer(toy[1], folder)
     student.load(folder)  # whole, it loads
     return folder
