@@ -96,6 +96,18 @@ def topk_kl(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.T
     return per_pos.mean() * t * t
 
 
+def soft_dice_loss(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean soft Dice loss 1 - (2 sum(m r) + eps) / (sum(m) + sum(r) + eps) over the (study, finding)
+    pairs with ``valid`` set; maps (B, K, h, w) in [0, 1], masks (B, K, h, w) in [0, 1] (soft region
+    masks, ``kdistill.saliency.regions.region_masks``), valid (B, K) bool. Exactly 0, with the graph
+    kept (DDP), when no pair is valid; an all-zero map gives loss 1 and a finite gradient."""
+    if not bool(valid.any()):
+        return maps.sum() * 0.0
+    m, r = maps[valid].flatten(1).float(), masks[valid].flatten(1).float()
+    dice = (2 * (m * r).sum(-1) + eps) / (m.sum(-1) + r.sum(-1) + eps)
+    return (1 - dice).mean()
+
+
 def combine(values: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """Weighted sum of the terms present; a term with weight 0 is left out of the graph."""
     total = None

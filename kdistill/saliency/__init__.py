@@ -16,7 +16,8 @@ from kdistill.saliency.base import BaseAttribution, attribution_method, finding_
 from kdistill.saliency.fusion import FusedAttribution, fuse_maps
 from kdistill.saliency.gradcam import GradCAM, vit_reshape_transform
 from kdistill.saliency.occlusion import OcclusionAttribution
+from kdistill.saliency.regions import finding_mask, finding_masks, region_masks
 
 __all__ = ["AttentionMaps", "BaseAttribution", "FusedAttribution", "GradCAM", "OcclusionAttribution",
-           "attribution_method", "finding_probability", "fuse_maps", "model_logits", "normalise_maps",
-           "vit_reshape_transform"]
+           "attribution_method", "finding_mask", "finding_masks", "finding_probability", "fuse_maps", "model_logits", "normalise_maps",
+           "region_masks", "vit_reshape_transform"]
