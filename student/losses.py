@@ -108,6 +108,36 @@ def soft_dice_loss(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
     return (1 - dice).mean()
 
 
+def gcam_dice_loss(features: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
+                   reshape=None) -> torch.Tensor:
+    """EGxFSL's Grad-CAM Dice loss: for each (study, finding) pair with ``valid`` set, the
+    differentiable Grad-CAM of that finding's logit on ``features`` against its region, by
+    ``soft_dice_loss``, averaged over the pairs.
+
+    ``features``: the tensor ``logits`` (B, K) were computed from (a tower's feature map, NCHW, or
+    its tokens with ``reshape`` turning them, and their gradient, into (B, C, h, w)); masks (B, K, h, w)
+    at that grid. One backward per finding that has a pair in the batch, with ``create_graph=True``
+    so the loss trains the tower. The map is ``kdistill.saliency.GradCAM``'s (ReLU of
+    gradient-weighted activations, min-max normalised per image) at the feature grid, before any
+    upsampling. Exactly 0 (graph kept) when no pair is valid."""
+    from kdistill.saliency.base import normalise_maps
+    from kdistill.saliency.gradcam import cam_from_gradients
+
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    total, pairs = logits.new_zeros(()), 0
+    for j in valid.any(0).nonzero().flatten().tolist():
+        rows = valid[:, j]
+        (grad,) = torch.autograd.grad(logits[:, j].sum(), features, create_graph=True)
+        act = features if reshape is None else reshape(features)
+        grad = grad if reshape is None else reshape(grad)
+        cam = normalise_maps(cam_from_gradients(act[rows].float(), grad[rows].float()))
+        n = int(rows.sum())
+        total = total + soft_dice_loss(cam[:, None], masks[rows, j][:, None], torch.ones(n, 1, dtype=torch.bool)) * n
+        pairs += n
+    return total / pairs
+
+
 def combine(values: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """Weighted sum of the terms present; a term with weight 0 is left out of the graph."""
     total = None

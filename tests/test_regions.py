@@ -51,3 +51,49 @@ def test_soft_dice_is_exactly_zero_without_regions_and_finite_on_zero_maps():
     zero_map = soft_dice_loss(maps, masks, valid)
     zero_map.backward()
     assert zero_map.item() == pytest.approx(1.0, abs=1e-5) and torch.isfinite(maps.grad).all()
+
+
+def test_gcam_dice_uses_gradcams_map_and_trains_the_tower():
+    from kdistill.saliency import GradCAM
+    from kdistill.saliency.base import normalise_maps
+    from student.losses import gcam_dice_loss
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+    head = torch.nn.Linear(4, 14)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = conv, head
+
+        def forward(self, x):
+            return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+    net = Net()
+    images = torch.rand(3, 1, 6, 6)
+    masks = torch.zeros(3, 14, 6, 6)
+    masks[:, 2, :3, :3] = 1
+    valid = torch.zeros(3, 14, dtype=torch.bool)
+    valid[:2, 2] = True
+    feats = torch.relu(net.conv(images))
+    logits = net.head(feats.mean((2, 3)))
+    loss = gcam_dice_loss(feats, logits, masks, valid)
+    # The same value from the library's Grad-CAM maps (hooked on the ReLU'd conv output, no upsampling).
+    relu = torch.nn.ReLU()
+
+    class Hooked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.head = conv, relu, head
+
+        def forward(self, x):
+            return self.head(self.relu(self.conv(x)).mean((2, 3)))
+
+    cams = GradCAM(Hooked(), "relu").attribute(images[:2], 2, create_graph=True)
+    want = soft_dice_loss(normalise_maps(cams)[:, None], masks[:2, 2:3], torch.ones(2, 1, dtype=torch.bool))
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    loss.backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0  # reaches the tower
+    none = gcam_dice_loss(feats.detach().requires_grad_(), logits, masks, torch.zeros_like(valid))
+    assert none.item() == 0.0

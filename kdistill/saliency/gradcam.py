@@ -66,6 +66,13 @@ def _resolve_layers(model: nn.Module, target_layers: nn.Module | str | Sequence[
     return layers
 
 
+def cam_from_gradients(act: Tensor, grad: Tensor) -> Tensor:
+    """Grad-CAM's map (B, h, w) from a layer's activations and the score's gradient, both (B, C, h, w):
+    ReLU of the activations weighted by the spatial mean of the gradient (before normalisation)."""
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * act).sum(dim=1))
+
+
 class GradCAM(BaseAttribution):
     """Grad-CAM for ``model(images) -> logits (B, K)`` or a dict with ``"logits"``.
 
@@ -142,10 +149,8 @@ class GradCAM(BaseAttribution):
                                  "token outputs need reshape_transform=vit_reshape_transform()")
             if not create_graph:
                 act, grad = act.detach(), grad.detach()
-            weights = grad.mean(dim=(2, 3), keepdim=True)
-            cam = torch.relu((weights * act).sum(dim=1))
-            per_layer.append(upsample(normalise_maps(cam), size))
+            per_layer.append(upsample(normalise_maps(cam_from_gradients(act, grad)), size))
         return torch.stack(per_layer).mean(dim=0)
 
 
-__all__ = ["GradCAM", "vit_reshape_transform"]
+__all__ = ["GradCAM", "cam_from_gradients", "vit_reshape_transform"]
