@@ -26,6 +26,7 @@ import torch
 
 from kdistill import config as cfglib
 from kdistill.errors import DataError
+from kdistill.outputs import claim_folder, pop_overwrite
 from kdistill.labeler.consistency import default_label_fn
 from kdistill.training import Checkpoints, cosine_schedule, set_num_threads
 from teacher import corpus as corpuslib
@@ -110,13 +111,18 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path | None = No
     return tok
 
 
+MARKERS = ("pretrain.json", "checkpoints/step_*/state.json", "corpus_check.json")  # finished, resumable, or begun
+
+
 def pretrain(cfg: TeacherPretrainConfig, corpus_path: str | Path, out_dir: str | Path, label_fn=None,
-             data=None) -> dict[str, Any]:
+             data=None, overwrite: bool = False) -> dict[str, Any]:
     """Tokenizer + small Llama pretrained on the corpus into ``out_dir``; returns the figures.
     ``label_fn`` (default: the project's labeler) checks rationale docs when filtering; ``data``
     (a ``kdistill.data.sources.DataSource``) gives the train-split reports for the prompts.
-    With ``save_every`` a killed run resumes from its newest state to the same weights."""
+    With ``save_every`` a killed run resumes from its newest state to the same weights. A
+    non-empty ``out_dir`` that is not a base written here is refused unless ``overwrite``."""
     out_dir = Path(out_dir)
+    claim_folder(out_dir, "teacher base folder", MARKERS, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -285,12 +291,15 @@ def main(argv: list[str] | None = None, prog: str = "kdistill teacher pretrain")
     parser.add_argument("--corpus", help="corpus.jsonl (default: DATA_ROOT/corpus/corpus.jsonl)")
     add_data_arguments(parser, required=False, what="corpus/corpus.jsonl and train-split reports for the prompts")
     parser.add_argument("--out", required=True, help="output folder for the base model + tokenizer")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out even when it holds files that are not a teacher base")
     add_config_arguments(parser, "teacher_pretrain", example="max_steps=100")
     args = parser.parse_intermixed_args(argv)
+    overwrite = pop_overwrite(args.overrides) or args.overwrite
     cfg = stage_config(TeacherPretrainConfig, args, "teacher_pretrain")
     corpus = args.corpus or cfg.corpus or (default_corpus(args.data_root) if args.data_root else None)
     if corpus is None:
         raise DataError(None, "give --corpus PATH or --data-root ROOT")
-    result = pretrain(cfg, corpus, args.out, data=data_source(args))
+    result = pretrain(cfg, corpus, args.out, data=data_source(args), overwrite=overwrite)
     print(json.dumps(result, indent=2))
     return 0

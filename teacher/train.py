@@ -31,6 +31,7 @@ import torch
 from kdistill import config as cfglib
 from kdistill.errors import DataError
 from kdistill.io import write_json
+from kdistill.outputs import claim_folder, pop_overwrite
 from kdistill.training import Checkpoints, cosine_schedule, set_num_threads
 from teacher import corpus as corpuslib
 from teacher import lm_data
@@ -115,12 +116,19 @@ class _Setup:
     mode: str
 
 
+MARKERS = ("teacher.json", "checkpoints/step_*/state.json", "corpus_check.json")  # finished, resumable, or begun
+
+
 def train(cfg: TeacherTrainConfig, base: str | Path, corpus_path: str | Path, out_dir: str | Path,
-          label_fn=None, data=None) -> dict[str, Any]:
+          label_fn=None, data=None, overwrite: bool = False) -> dict[str, Any]:
     """LoRA adapter + tokenizer + teacher.json into ``out_dir``; returns the figures (main process).
     ``label_fn`` (default: the project's labeler) checks rationale docs when filtering; ``data``
-    (a ``kdistill.data.sources.DataSource``) gives the train-split reports for the prompts."""
+    (a ``kdistill.data.sources.DataSource``) gives the train-split reports for the prompts. A
+    non-empty ``out_dir`` that is not a teacher written here is refused unless ``overwrite``."""
     out_dir = Path(out_dir)
+    # The run layout nests the base inside the teacher folder (teacher/base): not a foreign file.
+    nested = [Path(base).name] if Path(base).resolve().parent == out_dir.resolve() else []
+    claim_folder(out_dir, "teacher folder", MARKERS, overwrite, ignore=nested)
     base = str(base)
     set_num_threads(cfg.num_threads)
     check_model_path(base)
@@ -360,8 +368,11 @@ def main(argv: list[str] | None = None, prog: str = "kdistill teacher train") ->
     parser.add_argument("--corpus", help="corpus.jsonl (default: DATA_ROOT/corpus/corpus.jsonl)")
     add_data_arguments(parser, required=False, what="its train-split reports fill the prompts")
     parser.add_argument("--out", required=True, help="teacher folder to write (adapter + tokenizer + teacher.json)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out even when it holds files that are not a teacher folder")
     add_config_arguments(parser, "teacher_train", example="max_steps=100 mixed_precision=bf16")
     args = parser.parse_intermixed_args(argv)
+    overwrite = pop_overwrite(args.overrides) or args.overwrite
     cfg = stage_config(TeacherTrainConfig, args, "teacher_train")
     base = args.base or cfg.base
     corpus = args.corpus or cfg.corpus or (default_corpus(args.data_root) if args.data_root else None)
@@ -369,7 +380,7 @@ def main(argv: list[str] | None = None, prog: str = "kdistill teacher train") ->
         raise DataError(None, "give --base (a local model folder or hub id)")
     if corpus is None:
         raise DataError(None, "give --corpus PATH or --data-root ROOT")
-    result = train(cfg, base, corpus, args.out, data=data_source(args))
+    result = train(cfg, base, corpus, args.out, data=data_source(args), overwrite=overwrite)
     if result:
         print(json.dumps(result, indent=2))
     return 0

@@ -212,3 +212,31 @@ def test_a_nan_learning_rate_is_refused(tmp_path, capsys, command, monkeypatch):
     assert cli.main(command) == 1
     assert "lr must be a positive number, got nan" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, kind", [
+    (["data", "synth", "--n", "4", "--size", "64", "--quiet"], "phantom dataset"),
+    (["teacher", "pretrain", "--corpus", "CORPUS", "max_steps=1"], "teacher base folder"),
+    (["teacher", "train", "--base", "BASE", "--corpus", "CORPUS", "max_steps=1"], "teacher folder"),
+])
+def test_writers_refuse_a_folder_of_someone_elses_files(tmp_path, command, kind, capsys):
+    """data synth, teacher pretrain and teacher train onto a user's folder (a hub model's files, say):
+    refused before anything is written, the files unchanged, a one-line error naming the folder."""
+    from kdistill import cli
+
+    user = tmp_path / "model"
+    user.mkdir()
+    files = {"config.json": '{"model_type": "llama"}', "model.safetensors": "weights", "files": None}
+    for name, text in files.items():
+        (user / name).mkdir() if text is None else (user / name).write_text(text)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"kind": "rationale", "text": "x"}\n')
+    base = tmp_path / "base"
+    base.mkdir()
+    argv = [a.replace("CORPUS", str(corpus)).replace("BASE", str(base)) for a in command] + ["--out", str(user)]
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code != 0 and f"{user}: exists, is not empty" in err and f"not a kdistill {kind}" in err
+    assert "--overwrite" in err and "Traceback" not in err
+    assert sorted(p.name for p in user.iterdir()) == sorted(files)
+    assert (user / "model.safetensors").read_text() == "weights" and not any((user / "files").iterdir())

@@ -23,6 +23,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. difficulty=0.7 shortcut_finding=Pneumothorax "
                         "shortcut_splits='{train: 0.9, test: 0.1}' rois_fraction=0.05 report_style.implied_share=0.3")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --out even when it holds files that are not a phantom dataset")
     return parser
 
 
@@ -49,6 +51,6 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data synth") -> in
     cfg = load_config(args)
     from kdistill.data.phantom.synth import synthesize
 
-    summary = synthesize(cfg, args.out, progress=not args.quiet)
+    summary = synthesize(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(json.dumps({k: summary[k] for k in ("root", "n_studies", "n_rois", "splits", "prevalence", "corpus_docs", "wall_s")}, indent=2))
     return 0

@@ -262,8 +262,12 @@ def _knob_counts(cfg: PhantomConfig, plans: list[StudyPlan], labels: np.ndarray,
     return out
 
 
-def synthesize(cfg: PhantomConfig, out_dir: str | Path, progress: bool = False) -> dict[str, Any]:
-    """Write a phantom dataset into ``out_dir``; returns counts, prevalence and wall time."""
+def synthesize(cfg: PhantomConfig, out_dir: str | Path, progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Write a phantom dataset into ``out_dir``; returns counts, prevalence and wall time. A
+    non-empty ``out_dir`` that is not a phantom (no phantom.json) is refused unless ``overwrite``."""
+    from kdistill.outputs import claim_folder
+
+    claim_folder(out_dir, "phantom dataset", (MANIFEST,), overwrite)
     cfg.validate()
     started = time.perf_counter()
     out = Path(out_dir)
