@@ -34,6 +34,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True, w
     parser.add_argument("--source", default="mimic",
                         help="layout of the dataset root: mimic (MIMIC-CXR-JPG and the phantom, the default), "
                              "chexpert, ... (kdistill.data.sources)")
+    parser.add_argument("--reports-root", help="mimic: the unzipped mimic-cxr-reports folder (MIMIC-CXR-JPG has no texts)")
+    parser.add_argument("--labels", choices=("chexpert", "negbio"), help="mimic: the label file to read (default chexpert)")
+
+
+def source_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The loader options given by ``--reports-root`` / ``--labels`` (mimic's)."""
+    opts = {"reports_root": getattr(args, "reports_root", None), "labels": getattr(args, "labels", None)}
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 def data_source(args: argparse.Namespace):
@@ -43,7 +51,7 @@ def data_source(args: argparse.Namespace):
     if getattr(args, "data_root", None) is None:
         return None
     try:
-        return open_source(args.source, args.data_root)
+        return open_source(args.source, args.data_root, **source_options(args))
     except ValueError as err:
         raise cfglib.ConfigError(f"--source: {err}") from None
 

@@ -112,7 +112,8 @@ class RunContext:
         studies through it."""
         from kdistill.data.sources import open_source
 
-        return open_source(self.outputs.get("data", {}).get("source", "mimic"), self.data_root)
+        data = self.outputs.get("data", {})
+        return open_source(data.get("source", "mimic"), self.data_root, **data.get("options", {}))
 
 
 def _by_name(name: str) -> Stage:

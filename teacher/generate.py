@@ -271,14 +271,14 @@ def load_study_list(data, splits: Sequence[str], on_error: str = "raise", limit:
 def run_stage(cfg: TeacherGenerateConfig, ctx) -> dict[str, Any]:
     from kdistill.data.sources import open_source
 
-    data = open_source(ctx.data.name, cfg.data_root) if cfg.data_root else ctx.data
+    data = open_source(ctx.data.name, cfg.data_root, **ctx.data.options) if cfg.data_root else ctx.data
     studies = load_study_list(data, cfg.splits, cfg.on_error, cfg.limit)
     teacher_dir = cfg.teacher or ctx.stage_dir("teacher_train")
     return generate_rationales(studies, teacher_dir, ctx.stage_dir("teacher_generate"), cfg)
 
 
 def main(argv: list[str] | None = None, prog: str = "kdistill teacher generate") -> int:
-    from kdistill.command import add_config_arguments, add_data_arguments, data_source, stage_config
+    from kdistill.command import add_config_arguments, add_data_arguments, data_source, source_options, stage_config
     from kdistill.data.sources import open_source
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None, prog: str = "kdistill teacher generate")
     cfg = stage_config(TeacherGenerateConfig, args, "teacher_generate")
     if args.force:
         cfg.force = True
-    data = data_source(args) or (open_source(args.source, cfg.data_root) if cfg.data_root else None)
+    data = data_source(args) or (open_source(args.source, cfg.data_root, **source_options(args)) if cfg.data_root else None)
     teacher_dir = args.teacher or cfg.teacher
     if data is None or teacher_dir is None:
         raise DataError(None, "give --data-root ROOT and --teacher DIR")

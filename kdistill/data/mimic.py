@@ -7,6 +7,13 @@ Layout (DESIGN.md, "On-disk layout")::
     ROOT/mimic-cxr-2.0.0-split.csv[.gz]      dicom_id, study_id, subject_id, split
     ROOT/files/pNN/pSUBJECT/sSTUDY/DICOM.jpg and ROOT/files/pNN/pSUBJECT/sSTUDY.txt
     ROOT/rois.jsonl                          optional expert regions (kdistill.data.rois)
+    ROOT/mimic-cxr-2.0.0-negbio.csv[.gz]     optional second labeler's labels (``labels="negbio"``)
+
+The real MIMIC-CXR-JPG project ships no report texts: they are the separate MIMIC-CXR project's
+``mimic-cxr-reports.zip`` (``files/pNN/pSUBJECT/sSTUDY.txt``). ``reports_root`` points at that
+folder (the one holding ``files/``, or ``files/`` itself); without it reports are read beside
+the images, as in the phantom. A study whose report is missing is an error naming the file, or
+with ``on_error="skip"`` a counted skip (``missing_report``); the log says how many.
 
 Each CSV may be gzipped or not (``.csv.gz`` is looked for first). Labels stay raw
 (1/0/-1/NaN); consumers apply a policy with ``kdistill.labels.apply_policy``. A study absent
@@ -37,6 +44,8 @@ log = logging.getLogger(__name__)
 
 METADATA = "mimic-cxr-2.0.0-metadata"
 CHEXPERT = "mimic-cxr-2.0.0-chexpert"
+NEGBIO = "mimic-cxr-2.0.0-negbio"  # same columns, labels of the NegBio labeler
+LABEL_TABLES = {"chexpert": CHEXPERT, "negbio": NEGBIO}
 SPLIT = "mimic-cxr-2.0.0-split"
 ROIS = "rois.jsonl"
 SPLITS = ("train", "validate", "test")
@@ -120,7 +129,23 @@ def study_dir(root: str | Path, subject_id: str, study_id: str) -> Path:
     return Path(root) / "files" / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}"
 
 
+def reports_folder(root: str | Path, reports_root: str | Path | None = None) -> Path:
+    """The folder holding ``files/pNN/...`` report texts: ``reports_root`` (or its parent, when it
+    is the ``files`` folder itself) or, by default, the image root."""
+    if reports_root is None:
+        return Path(root)
+    folder = Path(reports_root).expanduser()
+    if not folder.is_dir():
+        raise DataError(folder, "reports_root does not exist or is not a folder (the unzipped mimic-cxr-reports)")
+    if not (folder / "files").is_dir() and folder.name == "files":
+        return folder.parent
+    if not (folder / "files").is_dir():
+        raise DataError(folder, "reports_root holds no files/ folder (expected files/pNN/pSUBJECT/sSTUDY.txt)")
+    return folder
+
+
 def report_path(root: str | Path, subject_id: str, study_id: str) -> Path:
+    """``root`` is the folder holding ``files/`` (``reports_folder``)."""
     return Path(root) / "files" / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}.txt"
 
 
@@ -161,6 +186,8 @@ def load_studies(
     *,
     counter: SkipCounter | None = None,
     check_images: bool = True,
+    reports_root: str | Path | None = None,
+    labels: str = "chexpert",
 ) -> list[Study]:
     """Dataset root -> list of ``Study`` (one per study with at least one image of ``views``).
 
@@ -168,12 +195,17 @@ def load_studies(
     preference (None: every view, including blank ones). ``images``: "first" keeps the best
     image of a study (earliest preferred view, then metadata order), "all" keeps every matching
     image. ``check_images``: skip the existence check of each image file (faster on slow disks).
+    ``reports_root``: a separate reports tree (see the module docstring). ``labels``: "chexpert"
+    (the default) or "negbio", the label file to read.
     Study order: metadata order of each study's first row.
     """
     root = Path(root)
     if images not in ("first", "all"):
         raise ValueError(f"images must be 'first' or 'all', got {images!r}")
     counter = counter or SkipCounter(on_error)
+    if labels not in LABEL_TABLES:
+        raise ValueError(f"labels must be one of {', '.join(LABEL_TABLES)}, got {labels!r}")
+    texts = reports_folder(root, reports_root)
     wanted_splits = None if splits is None else set(splits)
     if wanted_splits is not None and wanted_splits - set(SPLITS):
         raise ValueError(f"unknown split(s) {sorted(wanted_splits - set(SPLITS))}; known: {', '.join(SPLITS)}")
@@ -209,27 +241,33 @@ def load_studies(
             continue
         by_study.setdefault(normalize_id(row["study_id"]), []).append(row)
 
-    labels = read_labels(find_table(root, CHEXPERT), counter)
+    label_rows = read_labels(find_table(root, LABEL_TABLES[labels]), counter)
     rois = _rois_by_study(root, counter)
 
     studies = []
+    missing_before = counter.counts.get("missing_report", 0)
     for study_id, rows in by_study.items():
-        study = _build_study(root, study_id, rows, split_of, view_rank, images, labels, rois, counter, check_images)
+        study = _build_study(root, study_id, rows, split_of, view_rank, images, label_rows, rois, counter,
+                             check_images, texts)
         if study is not None:
             studies.append(study)
+    no_report = counter.counts.get("missing_report", 0) - missing_before
+    if no_report:
+        log.warning("%d of %d studies have no report in %s (skipped)", no_report, no_report + len(studies),
+                    texts / "files")
     unmatched = set(rois) - {s.study_id for s in studies}
     if unmatched:
         # Normal when splits/views are filtered; 'kdistill data check' reports ROIs of unknown studies.
         log.info("%d studies in %s were not loaded; their regions are not attached", len(unmatched), root / ROIS)
     unlabelled = sum(1 for s in studies if all(math.isnan(v) for v in s.labels))
     if unlabelled:
-        log.info("%d of %d studies have no row in the chexpert CSV (labels all blank)", unlabelled, len(studies))
+        log.info("%d of %d studies have no row in the %s CSV (labels all blank)", unlabelled, len(studies), labels)
     if counter.counts:
         log.warning("%s: skipped %s", root, counter.summary())
     return studies
 
 
-def _build_study(root, study_id, rows, split_of, view_rank, images, labels, rois, counter, check_images):
+def _build_study(root, study_id, rows, split_of, view_rank, images, labels, rois, counter, check_images, texts):
     subject_id = normalize_id(rows[0]["subject_id"])
     if view_rank is not None:
         rows = sorted(rows, key=lambda r: view_rank[r["ViewPosition"].strip().upper()])  # stable: metadata order
@@ -250,11 +288,13 @@ def _build_study(root, study_id, rows, split_of, view_rank, images, labels, rois
     if len(splits) > 1:
         counter(DataError(folder, f"study {study_id}: images in several splits {sorted(splits)}"), kind="mixed_split")
         return None
-    text_path = report_path(root, subject_id, study_id)
+    text_path = report_path(texts, subject_id, study_id)
     try:
         text = text_path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        counter(DataError(text_path, f"report of study {study_id} not found"), kind="missing_report")
+        hint = "" if texts != Path(root) else (" (MIMIC-CXR-JPG ships no reports: point data.reports_root at the "
+                                               "unzipped mimic-cxr-reports, or skip with on_error=skip)")
+        counter(DataError(text_path, f"report of study {study_id} not found{hint}"), kind="missing_report")
         return None
     findings, impression = extract_sections(text)
     dicom_ids = [r["dicom_id"].strip() for r in kept]

@@ -163,23 +163,26 @@ def prepare(
     views: list[str] | None = ("PA", "AP"),
     source: str = "mimic",
     overwrite: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build (or resume, or find up to date) the prepared cache of ``root`` (a dataset of the
     ``kdistill.data.sources`` source ``source``) in ``out``; returns meta. ``out`` must be new,
-    empty or a prepared cache, unless ``overwrite``; it is locked while it is written."""
+    empty or a prepared cache, unless ``overwrite``; it is locked while it is written. ``options``:
+    the source's loader options (mimic: reports_root, labels)."""
     with own_output(out, KIND, MARKERS, overwrite):
-        return _prepare(Path(root), Path(out), size, workers, on_error, shard_size, images, views, source)
+        return _prepare(Path(root), Path(out), size, workers, on_error, shard_size, images, views, source,
+                        dict(options or {}))
 
 
 def _prepare(root: Path, out: Path, size: int, workers: int, on_error: str, shard_size: int, images: str,
-             views, source: str) -> dict[str, Any]:
+             views, source: str, options: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     counter = SkipCounter(on_error)
-    data = open_source(source, root)
+    data = open_source(source, root, **options)
     studies = data.load_studies(views=views, images=images, on_error=on_error, counter=counter)
     views_of = data.image_views() if images == "all" else {}
     tasks_by_split = _plan(studies, images, views_of)
-    fingerprint = _fingerprint(root, size, images, views, tasks_by_split)
+    fingerprint = _fingerprint(root, size, images, views, tasks_by_split, options)
     meta_path = out / META
     if meta_path.is_file() and (out / DATASET_DIR).is_dir():
         try:
@@ -237,9 +240,9 @@ def _plan(studies: list[Study], images: str, views_of: dict[str, str]) -> dict[s
     return plan
 
 
-def _fingerprint(root: Path, size: int, images: str, views, plan) -> str:
+def _fingerprint(root: Path, size: int, images: str, views, plan, options: dict[str, Any]) -> str:
     blob = json.dumps({"v": _FORMAT_VERSION, "root": str(root.resolve()), "size": size, "images": images,
-                       "views": list(views) if views else None,
+                       "views": list(views) if views else None, **({"options": options} if options else {}),
                        "rows": {s: [[r["study_id"], r["path"], r["rois"], r["labels"]] for r in rows]
                                 for s, rows in plan.items()}},
                       sort_keys=True, default=str)
@@ -371,18 +374,21 @@ def run_stage(cfg: PrepareConfig, ctx) -> dict[str, Any]:
     out = ctx.stage_dir("prepare")
     data = ctx.data
     meta = prepare(data.root, out, size=cfg.size, workers=cfg.workers, on_error=cfg.on_error,
-                   shard_size=cfg.shard_size, images=cfg.images, views=cfg.views, source=data.name)
+                   shard_size=cfg.shard_size, images=cfg.images, views=cfg.views, source=data.name,
+                   options=data.options)
     return {"path": str(out), "counts": meta["counts"]}
 
 
 def main(argv: list[str] | None = None, prog: str = "kdistill data prepare") -> int:
-    from kdistill.command import add_config_arguments, stage_config
+    from kdistill.command import add_config_arguments, source_options, stage_config
 
     parser = argparse.ArgumentParser(prog=prog, description="Resize a dataset once into an Arrow cache "
                                      "(datasets DatasetDict) that training reads.")
     parser.add_argument("root", help="dataset root")
     parser.add_argument("--source", default="mimic", help="layout of ROOT: mimic (MIMIC-CXR-JPG and the phantom, "
                                                           "the default), chexpert, ... (kdistill.data.sources)")
+    parser.add_argument("--reports-root", help="mimic: the unzipped mimic-cxr-reports folder (MIMIC-CXR-JPG has no texts)")
+    parser.add_argument("--labels", choices=("chexpert", "negbio"), help="mimic: the label file to read (default chexpert)")
     parser.add_argument("--size", type=int, help="prepared images are SIZE x SIZE (the config's size, default 128)")
     parser.add_argument("--out", help="output folder (meta.json + dataset/); default ROOT/prepared_SIZE")
     parser.add_argument("--overwrite", action="store_true",
@@ -408,7 +414,8 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data prepare") -> 
         cfg.views = None
     out = args.out or str(Path(args.root) / f"prepared_{cfg.size}")
     meta = prepare(args.root, out, size=cfg.size, workers=cfg.workers, on_error=cfg.on_error,
-                   shard_size=cfg.shard_size, images=cfg.images, views=cfg.views, source=args.source, overwrite=overwrite)
+                   shard_size=cfg.shard_size, images=cfg.images, views=cfg.views, source=args.source, overwrite=overwrite,
+                   options=source_options(args))
     counts = meta["counts"]
     print(f"prepared cache: {out} ({meta['size']}x{meta['size']})")
     for split in SPLITS:

@@ -14,6 +14,19 @@ class DataConfig:
     source: str = "phantom"  # phantom, or a kdistill.data.sources name (mimic, chexpert, ...)
     root: str | None = None  # the dataset root for real data; required unless phantom
     phantom: PhantomConfig = dataclasses.field(default_factory=PhantomConfig)
+    # mimic only: the separate MIMIC-CXR reports tree (MIMIC-CXR-JPG ships no texts), and which
+    # label file to read (the chexpert labeler's, or negbio's: mimic-cxr-2.0.0-negbio.csv.gz)
+    reports_root: str | None = None
+    labels: str = "chexpert"
+
+    def source_options(self) -> dict[str, Any]:
+        """The loader options of ``kdistill.data.sources.open_source`` this config sets."""
+        opts: dict[str, Any] = {}
+        if self.reports_root:
+            opts["reports_root"] = self.reports_root
+        if self.labels != "chexpert":
+            opts["labels"] = self.labels
+        return opts
 
     def validate(self) -> None:
         from kdistill.data.sources import source_names
@@ -25,6 +38,10 @@ class DataConfig:
             raise ValueError(f"data.root is required when data.source is {self.source!r}")
         if self.source == "phantom" and self.root:
             raise ValueError("data.root is for a real source; the phantom is written into the run's data/ folder")
+        if self.labels not in ("chexpert", "negbio"):
+            raise ValueError(f"data.labels must be chexpert or negbio, got {self.labels!r}")
+        if self.source_options() and self.source != "mimic":
+            raise ValueError(f"data.reports_root and data.labels are options of the mimic source, not {self.source!r}")
 
 
 def run_stage(cfg: DataConfig, ctx: Any) -> dict[str, Any]:
@@ -41,6 +58,7 @@ def run_stage(cfg: DataConfig, ctx: Any) -> dict[str, Any]:
         # the phantom is written in the MIMIC-CXR-JPG layout
         return {"root": str(out), "source": "mimic", "n_studies": summary["n_studies"],
                 "prevalence": summary["prevalence"]}
-    data = open_source(cfg.source, cfg.root)
+    data = open_source(cfg.source, cfg.root, **cfg.source_options())
     data.check_root()  # `kdistill data check ROOT` checks the rest
-    return {"root": str(data.root), "source": cfg.source, "has_reports": data.has_reports}
+    return {"root": str(data.root), "source": cfg.source, "has_reports": data.has_reports,
+            "options": cfg.source_options()}
