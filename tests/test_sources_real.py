@@ -6,6 +6,7 @@ import collections
 import csv
 import gzip
 import io
+import json
 import math
 from pathlib import Path
 
@@ -167,3 +168,28 @@ def test_chexpert_path_prefix_resolves_against_the_users_root(tmp_path):
     studies = open_source("chexpert", root).load_studies(splits=["train"], views=None, images="all")
     assert sum(len(s.image_paths) for s in studies) == 4
     assert all(Path(p).is_file() and Path(p).is_relative_to(root) for s in studies for p in s.image_paths)
+
+
+def test_data_check_on_nih_names_missing_and_corrupt_images_and_counts_the_rest(tmp_path, capsys):
+    """`kdistill data check ROOT --source nih` on real files: three rows, one image missing, one cut short."""
+    from kdistill import cli
+
+    rows = _csv_rows(REAL / "nih_64" / "labels.csv")[:3]
+    with (tmp_path / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "images").mkdir()
+    good, cut, gone = (Path(r["image"]).name for r in rows)
+    (tmp_path / "images" / good).symlink_to(REAL / "nih_64" / rows[0]["image"])
+    data = (REAL / "nih_64" / rows[1]["image"]).read_bytes()
+    (tmp_path / "images" / cut).write_bytes(data[: len(data) // 2])  # a truncated PNG
+    code = cli.main(["data", "check", str(tmp_path), "--source", "nih", "--json", str(tmp_path / "check.json")])
+    out = capsys.readouterr().out
+    assert code == 1
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["issue_counts"] == {"missing_image": 1, "corrupt_image": 1}
+    assert gone in out and cut in out and "studies: 2" in out
+    want = sum(1 for r in rows[:2] for f in FINDINGS if r[f] in ("1", "1.0"))
+    assert want >= 2  # both kept studies are labelled (No Finding at least)
+    assert sum(p["positive"] for p in report["counts"]["label_prevalence"].values()) == want

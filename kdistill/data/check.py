@@ -16,6 +16,11 @@ FINDINGS/IMPRESSION section, image sizes that disagree with Rows/Columns.
 Images are checked cheaply by default (header parses, JPEG ends with its EOI marker, PNG with
 IEND: catches truncation and garbage); ``--decode`` decodes every pixel (slow on real MIMIC).
 Counts: studies and images per split, images per view, label prevalence per finding.
+
+Other sources (``--source chexpert | nih``, ``kdistill.data.sources``) are checked through their
+loader (``check_source``): every problem it counts (malformed rows, bad labels, images named in
+the CSV but missing on disk, ...) becomes an issue, each loaded image is checked as above, and
+the same counts are printed.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ _SEVERITY = {  # kind -> severity
     "bad_id": ERROR, "duplicate_dicom": ERROR, "duplicate_study": ERROR, "no_split": ERROR, "bad_split": ERROR,
     "missing_image": ERROR, "corrupt_image": ERROR, "missing_report": ERROR, "bad_roi": ERROR,
     "roi_unknown_study": ERROR, "roi_unknown_image": ERROR, "roi_outside_image": ERROR, "missing_mask": ERROR,
+    "study_without_images": ERROR, "mixed_split": ERROR, "bad_path": ERROR, "bad_box": ERROR,
     "unlabelled_study": WARNING, "labels_without_images": WARNING, "split_without_metadata": WARNING,
     "no_usable_section": WARNING, "size_mismatch": WARNING,
 }
@@ -298,6 +304,41 @@ def _counts(studies, images, split_of, labels, views) -> dict[str, Any]:
             "views": dict(views), "label_prevalence": prevalence}
 
 
+def check_source(data, decode: bool = False) -> CheckReport:
+    """Check a dataset of any registered source (a ``kdistill.data.sources.DataSource``) through
+    its loader; never raises on bad data."""
+    report = CheckReport(root=str(data.root))
+    try:
+        data.check_root()
+        studies = data.load_studies(views=None, images="all", on_error="skip", counter=report)
+    except DataError as err:
+        report.add("missing_file" if "not found" in err.problem or "none of" in err.problem else "bad_csv",
+                   err.path, err.problem)
+        return report
+    per_split: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"studies": 0, "images": 0})
+    prevalence = {f: {"positive": 0, "negative": 0, "uncertain": 0, "blank": 0} for f in FINDINGS}
+    views: collections.Counter[str] = collections.Counter()
+    images = labelled = 0
+    for study in studies:
+        if not is_plain_id(study.study_id):
+            report.add("bad_id", data.root, f"study id {study.study_id!r} is not a plain identifier")
+        per_split[study.split]["studies"] += 1
+        per_split[study.split]["images"] += len(study.image_paths)
+        images += len(study.image_paths)
+        views[study.view or "(blank)"] += 1
+        for path in study.image_paths:
+            _check_image(report, Path(path), {"_path": data.root, "_line": "?"}, decode)
+        if not all(math.isnan(v) for v in study.labels):
+            labelled += 1
+            for name, value in zip(FINDINGS, study.labels):
+                key = ("blank" if math.isnan(value) else "positive" if value == 1 else
+                       "negative" if value == 0 else "uncertain")
+                prevalence[name][key] += 1
+    report.counts = {"studies": len(studies), "images": images, "labelled_studies": labelled,
+                     "splits": dict(per_split), "views": dict(views), "label_prevalence": prevalence}
+    return report
+
+
 def format_report(report: CheckReport, max_per_kind: int = 10) -> str:
     """Readable summary: counts, prevalence, then the issues by kind and file."""
     c = report.counts
@@ -337,6 +378,8 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data check") -> in
                                      "label prevalence, missing/corrupt files, malformed CSVs, bad ROIs. "
                                      "Exits 1 when there are errors (warnings alone exit 0).")
     parser.add_argument("root", help="dataset root")
+    parser.add_argument("--source", default="mimic", help="layout of ROOT: mimic (MIMIC-CXR-JPG and the phantom, the "
+                                                          "default), chexpert, nih (kdistill.data.sources)")
     parser.add_argument("--json", dest="json_out", help="also write the full report (every issue) to this JSON file")
     parser.add_argument("--decode", action="store_true", help="decode every image fully (slow) instead of the quick check")
     parser.add_argument("--max-per-kind", type=int, default=10, help="issues listed per kind in the summary (default 10)")
@@ -344,7 +387,16 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data check") -> in
     root = Path(args.root)
     if not root.is_dir():
         raise DataError(root, "dataset root is not a folder")
-    report = check_dataset(root, decode=args.decode)
+    if args.source == "mimic":
+        report = check_dataset(root, decode=args.decode)
+    else:
+        from kdistill.data.sources import open_source
+
+        try:
+            data = open_source(args.source, root)
+        except ValueError as err:
+            parser.error(str(err))
+        report = check_source(data, decode=args.decode)
     print(format_report(report, args.max_per_kind))
     if args.json_out:
         write_json(args.json_out, report.to_dict())
