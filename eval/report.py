@@ -14,6 +14,7 @@ Metrics = Mapping[str, "float | str"]
 
 _HEADLINE = (
     ("auc_micro_14", "micro-AUC, 14 findings"),
+    ("baseline/constant_prevalence/auc_micro_14", "micro-AUC of a constant-prevalence predictor (baseline)"),
     ("auc_macro_14", "macro-AUC, 14 findings"),
     ("auc_micro_5", "micro-AUC, 5 competition findings"),
     ("auc_macro_5", "macro-AUC, 5 competition findings"),

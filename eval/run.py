@@ -90,10 +90,12 @@ def evaluate(
     labeler: tuple[Callable[[Sequence[str]], np.ndarray], str] | None = None,
     noise: tuple[Callable[[np.ndarray], np.ndarray], Callable[[], Iterator[np.ndarray]], Sequence[float]] | None = None,
     noise_skip_reason: str = "needs a checkpoint (a model to run on noisy images); only a predictions file was given",
+    train_labels: np.ndarray | None = None,
 ) -> tuple[dict[str, float | str], list[str]]:
     """Every metric of one split, flat and prefixed ``<split>/``, and notes for the summary.
     ``preds`` and ``ref`` must be aligned (see :func:`align`). ``noise``: (images -> probs, a
-    function yielding the split's images in row order, sigmas) for the robustness study."""
+    function yielding the split's images in row order, sigmas) for the robustness study.
+    ``train_labels``: the training split's raw labels, for the constant-prevalence baseline."""
     if preds.study_ids != ref.study_ids:
         raise ValueError("predictions and references are not aligned; call align() first")
     split = ref.split
@@ -106,6 +108,16 @@ def evaluate(
     m["thresholds_source"] = thresholds_source
     m["label_policy"] = f"uncertain={uncertain}, blank=negative"
     notes.append(f"Operating points: {thresholds_source}.")
+    if train_labels is None:
+        m["skipped/baseline_constant_prevalence"] = "no training split to take each finding's prevalence from"
+    else:
+        y, mask = classification.targets(ref.labels, uncertain=uncertain)
+        y_tr, m_tr = classification.targets(train_labels, uncertain=uncertain)
+        base = scoring.prevalence_baseline_auc(y_tr, m_tr, y, mask)
+        m["baseline/constant_prevalence/auc_micro_14"] = base
+        notes.append(f"Constant-prevalence baseline: every study scored with each finding's training prevalence "
+                     f"reaches micro-AUC {base:.4f} on this split (what knowing prevalence alone gives); "
+                     f"the model's is {m.get('auc_micro_14', float('nan')):.4f}.")
 
     if noise is not None:
         predict_probs, image_batches, sigmas = noise
@@ -214,7 +226,8 @@ class EvalConfig:
 
 
 def evaluate_checkpoint(checkpoint: Path, ref: ReferenceSet, out_dir: Path, cfg: EvalConfig, seed: int = 0,
-                        validate_ref: ReferenceSet | None = None) -> dict[str, float | str]:
+                        validate_ref: ReferenceSet | None = None,
+                        train_labels: np.ndarray | None = None) -> dict[str, float | str]:
     """Score a student checkpoint: predictions, thresholds, noise robustness, outputs."""
     preds, predict_probs, image_batches = predictions_from_checkpoint(checkpoint, ref, cfg.batch_size)
     thresholds, source = _thresholds_for_checkpoint(checkpoint, validate_ref, cfg)
@@ -222,7 +235,7 @@ def evaluate_checkpoint(checkpoint: Path, ref: ReferenceSet, out_dir: Path, cfg:
                               seed=seed, uncertain=cfg.uncertain,
                               labeler=_labeler(cfg.chexbert_checkpoint, cfg.chexbert_tokenizer),
                               noise=(predict_probs, image_batches, cfg.noise_sigmas) if cfg.noise_sigmas else None,
-                              noise_skip_reason="no noise sigmas configured")
+                              noise_skip_reason="no noise sigmas configured", train_labels=train_labels)
     text = write_outputs(metrics, notes, preds, ref, out_dir, cfg.uncertain)
     print(text)
     return metrics
@@ -253,15 +266,17 @@ def run_stage(cfg: EvalConfig, ctx) -> dict:
     prepared = prepared if (prepared / "meta.json").is_file() else None
     ref = load_references(ctx.data, prepared, cfg.split)
     val = _maybe(lambda: load_references(ctx.data, prepared, "validate"))
+    train = _maybe(lambda: load_references(ctx.data, prepared, "train"))
     seed = ctx.seed if cfg.seed is None else cfg.seed
     with own_output(ctx.stage_dir("eval"), KIND, MARKERS):
-        metrics = evaluate_checkpoint(checkpoint, ref, ctx.stage_dir("eval"), cfg, seed=seed, validate_ref=val)
+        metrics = evaluate_checkpoint(checkpoint, ref, ctx.stage_dir("eval"), cfg, seed=seed, validate_ref=val,
+                                      train_labels=None if train is None else train.labels)
     headline = {k.split("/", 1)[1]: v for k, v in metrics.items()
                 if isinstance(v, float) and k.split("/", 1)[1] in _HEADLINE_KEYS}
     return {**headline, "metrics": str(ctx.stage_dir("eval") / "metrics.json")}
 
 
-_HEADLINE_KEYS = {"auc_micro_14", "auc_macro_14", "auc_micro_5", "f1_micro_14", "bleu_4", "rouge_l", "cider_d",
+_HEADLINE_KEYS = {"auc_micro_14", "baseline/constant_prevalence/auc_micro_14", "auc_macro_14", "auc_micro_5", "f1_micro_14", "bleu_4", "rouge_l", "cider_d",
                   "chexbert_f1/micro_14", "chexpert_rules_f1/micro_14", "chexbert_f1/macro_14",
                   "chexpert_rules_f1/macro_14", "noise_0.05/auc_micro_14", "rationale_consistency/f1"}
 
@@ -320,9 +335,11 @@ def _score_command(args: argparse.Namespace, cfg: EvalConfig) -> int:
     seed = cfg.seed or 0
     data = data_source(args)
     ref = load_references(data, args.prepared, cfg.split)
+    train = _maybe(lambda: load_references(data, args.prepared, "train"))
+    train_labels = None if train is None else train.labels
     if args.checkpoint is not None:
         val = _maybe(lambda: load_references(data, args.prepared, "validate"))
-        evaluate_checkpoint(args.checkpoint, ref, args.out, cfg, seed=seed, validate_ref=val)
+        evaluate_checkpoint(args.checkpoint, ref, args.out, cfg, seed=seed, validate_ref=val, train_labels=train_labels)
         print(f"wrote {args.out / 'metrics.json'}")
         return 0
     preds, ref, n_missing = align(read_predictions(args.predictions), ref, args.allow_missing)
@@ -333,7 +350,7 @@ def _score_command(args: argparse.Namespace, cfg: EvalConfig) -> int:
         thresholds, thresholds_source = _validation_thresholds(val_preds, val_ref, cfg, str(args.validate_predictions))
     metrics, notes = evaluate(preds, ref, thresholds=thresholds, thresholds_source=thresholds_source,
                               n_bootstrap=cfg.n_bootstrap, seed=seed, uncertain=cfg.uncertain,
-                              labeler=_labeler(cfg.chexbert_checkpoint, cfg.chexbert_tokenizer))
+                              labeler=_labeler(cfg.chexbert_checkpoint, cfg.chexbert_tokenizer), train_labels=train_labels)
     if n_missing:
         metrics[f"{cfg.split}/n_missing_predictions"] = float(n_missing)
         notes.append(f"{n_missing} studies of the split had no prediction and are not scored (--allow-missing).")

@@ -77,6 +77,16 @@ def auc_summary(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> dic
     return {"micro_auc": micro, "macro_auc": float(np.mean(per)) if per else math.nan, "auc_findings": len(per)}
 
 
+def prevalence_baseline_auc(train_y: np.ndarray, train_mask: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
+    """Micro-AUC of scoring every study with each finding's training prevalence: what pooled
+    micro-AUC gives for knowing prevalence alone (findings differ in it), to print beside a model's.
+    NaN when the scored entries hold one class."""
+    train_y, train_mask = np.asarray(train_y, dtype=np.float64), np.asarray(train_mask) > 0
+    prevalence = (train_y * train_mask).sum(0) / np.maximum(train_mask.sum(0), 1)
+    keep = np.asarray(mask) > 0
+    return binary_auc(np.asarray(y)[keep], np.broadcast_to(prevalence, np.shape(y))[keep])
+
+
 THRESHOLD_POLICIES = ("f1", "prevalence")
 # Findings that do not stop "No Finding" from being decided positive (see ``decide``).
 NOT_A_PATHOLOGY = ("Support Devices",)

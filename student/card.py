@@ -115,11 +115,7 @@ def _prevalence_baseline(train, validate) -> float | None:
     """Micro-AUC of scoring every study with each finding's training prevalence."""
     if not all(hasattr(d, "targets") for d in (train, validate)):
         return None
-    y_tr, m_tr = np.asarray(train.targets), np.asarray(train.target_mask) > 0
-    y_va, m_va = np.asarray(validate.targets), np.asarray(validate.target_mask) > 0
-    prevalence = (y_tr * m_tr).sum(0) / np.maximum(m_tr.sum(0), 1)
-    scores = np.broadcast_to(prevalence, y_va.shape)
-    auc = scoring.binary_auc(y_va[m_va], scores[m_va])
+    auc = scoring.prevalence_baseline_auc(train.targets, train.target_mask, validate.targets, validate.target_mask)
     return None if math.isnan(auc) else auc
 
 

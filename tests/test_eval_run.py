@@ -424,6 +424,14 @@ def test_kdistill_eval_on_the_phantom(phantom, tmp_path):
     assert metrics["test/bleu_4"] == pytest.approx(1.0, abs=1e-8) and metrics["test/rouge_l"] == pytest.approx(1.0)
     assert metrics["test/chexpert_rules_f1/micro_14"] == 1.0  # same text, same labels
     assert metrics["test/chexpert_rules_f1/uncertain_positive/micro_14"] == 1.0
+    # beside it, every test study scored with the train split's prevalence (sklearn on the same entries)
+    train = np.array([s.labels for s in load_studies(phantom, splits=["train"])], dtype=float)
+    y_tr, m_tr = classification.targets(train)
+    prevalence = (y_tr * m_tr).sum(0) / m_tr.sum(0)
+    y, mask = classification.targets(labels)
+    want = roc_auc_score(y[mask], np.broadcast_to(prevalence, y.shape)[mask])
+    assert metrics["test/baseline/constant_prevalence/auc_micro_14"] == pytest.approx(want, abs=1e-12)
+    assert 0.5 < want < 1.0
     # U-Ones: the hedged findings (low scores) become positives -> below 1, exactly sklearn's value
     ones = run("--uncertain", "ones")
     y, mask = classification.targets(labels, uncertain="ones")

@@ -95,3 +95,18 @@ def test_the_checkpoints_thresholds_equal_what_eval_chooses_on_the_same_validati
     assert "validate" in source
     np.testing.assert_allclose(chosen, saved, rtol=0, atol=1e-6)
     assert eval_run.EvalConfig().threshold_policy == StudentTrainConfig().threshold_policy  # one default rule
+
+
+def test_the_constant_prevalence_baseline_by_hand():
+    from kdistill.scoring import prevalence_baseline_auc
+
+    # training prevalence: finding 0 = 3/4, finding 1 = 1/3 (masked entries left out)
+    train_y = np.array([[1, 0], [1, 1], [1, 0], [0, 0], [0, 1]], float)
+    train_m = np.array([[1, 1], [1, 1], [1, 0], [1, 1], [0, 0]], float)
+    # scored entries: finding 0 positives 2 / negatives 1, finding 1 positives 1 / negatives 2
+    y = np.array([[1, 1], [1, 0], [0, 0]], float)
+    m = np.ones_like(y)
+    # constant scores 0.75 (finding 0) and 1/3 (finding 1): pairs (pos, neg) with pos from finding 0
+    # beat negatives of finding 1 (2 x 2 = 4 wins), tie the negative of finding 0 (2 x 0.5), and the
+    # positive of finding 1 loses to finding 0's negative (0) and ties finding 1's (2 x 0.5): 6 / 9
+    assert prevalence_baseline_auc(train_y, train_m, y, m) == pytest.approx(6 / 9)
