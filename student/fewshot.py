@@ -129,7 +129,7 @@ def episode_loss(model, studies: Studies, classes: list[str], support: np.ndarra
     q_emb = embed(model.encode_image(studies.images[torch.as_tensor(query.reshape(-1))]))
     target = torch.arange(n).repeat_interleave(query.shape[1])
     ce = F.cross_entropy(proto_logits(q_emb, protos), target)
-    parts = {"ce": float(ce)}
+    parts = {"ce": float(ce.detach())}
     if gcam_weight <= 0:
         return ce, parts
     masks, has = region_masks(studies.roi_bits[s_rows], model.grid)
@@ -139,7 +139,7 @@ def episode_loss(model, studies: Studies, classes: list[str], support: np.ndarra
     own[torch.arange(n * k), torch.arange(n).repeat_interleave(k)] = True
     valid = own & has
     dice = gcam_dice_loss(s_tokens, proto_logits(s_emb, protos), masks, valid, reshape=model.visual.cam_reshape)
-    parts["gcam_dice"] = float(dice)
+    parts["gcam_dice"] = float(dice.detach())
     parts["region_supports"] = int(valid.sum())
     return ce + gcam_weight * dice, parts
 
