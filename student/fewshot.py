@@ -1,8 +1,8 @@
 """``kdistill student fewshot``: explanation-guided few-shot learning (EGxFSL).
 
-A prototypical head (Snell et al., 2017) on the student's image embedding (the mean of the
-tower's tokens): the prototype of a class is the mean embedding of its K support studies and a
-study's logit for a class is minus its squared Euclidean distance to that prototype. Training is
+A prototypical head (Snell et al., 2017) on the student's image embedding (the tower's
+feature map flattened, ``embedding: flatten``, or the mean of its tokens, ``mean``): the
+prototype of a class is the mean embedding of its K support studies and a study's logit for a class is minus its squared Euclidean distance to that prototype. Training is
 episodic on the *base* findings (N-way K-shot, Q queries per class, cross-entropy on the
 queries) plus ``gcam_dice`` times the Grad-CAM Dice loss (``student.losses.gcam_dice_loss``) of
 each support study that has an expert region for its class, the logits being its negative
@@ -77,9 +77,10 @@ def episode_rng(seed: int, stream: int, *key: int) -> np.random.Generator:
 
 # --- the prototypical head
 
-def embed(tokens: torch.Tensor) -> torch.Tensor:
-    """Tower tokens (B, N, C) -> image embedding (B, C): their mean."""
-    return tokens.mean(1)
+def embed(tokens: torch.Tensor, how: str = "flatten") -> torch.Tensor:
+    """Tower tokens (B, N, C) -> image embedding: ``flatten`` (B, N * C), the feature map as
+    ProtoNet's conv-4 embedding is (it keeps where a finding is), or ``mean`` (B, C)."""
+    return tokens.flatten(1) if how == "flatten" else tokens.mean(1)
 
 
 def prototypes(support: torch.Tensor) -> torch.Tensor:
@@ -115,7 +116,7 @@ def episode_accuracy(emb: torch.Tensor, support: np.ndarray, query: np.ndarray) 
 # --- training and evaluation
 
 def episode_loss(model, studies: Studies, classes: list[str], support: np.ndarray, query: np.ndarray,
-                 gcam_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+                 gcam_weight: float, how: str = "flatten") -> tuple[torch.Tensor, dict[str, float]]:
     """Query cross-entropy plus ``gcam_weight`` times the Grad-CAM Dice loss of the support studies
     with a region of their own class."""
     from kdistill.saliency.regions import region_masks
@@ -124,9 +125,9 @@ def episode_loss(model, studies: Studies, classes: list[str], support: np.ndarra
     n, k = support.shape
     s_rows = support.reshape(-1)
     s_tokens = model.encode_image(studies.images[torch.as_tensor(s_rows)])
-    s_emb = embed(s_tokens)
+    s_emb = embed(s_tokens, how)
     protos = prototypes(s_emb.reshape(n, k, -1))
-    q_emb = embed(model.encode_image(studies.images[torch.as_tensor(query.reshape(-1))]))
+    q_emb = embed(model.encode_image(studies.images[torch.as_tensor(query.reshape(-1))]), how)
     target = torch.arange(n).repeat_interleave(query.shape[1])
     ce = F.cross_entropy(proto_logits(q_emb, protos), target)
     parts = {"ce": float(ce.detach())}
@@ -157,7 +158,7 @@ def train_episodes(model, studies: Studies, cfg: FewShotConfig) -> dict[str, Any
     for step in range(cfg.max_steps):
         classes, support, query = sample_episode(pools, cfg.train_ways, cfg.train_shots, cfg.queries,
                                                  episode_rng(cfg.seed, TRAIN_STREAM, step))
-        loss, parts = episode_loss(model, studies, classes, support, query, cfg.gcam_dice)
+        loss, parts = episode_loss(model, studies, classes, support, query, cfg.gcam_dice, cfg.embedding)
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite few-shot loss at episode {step}")
         opt.zero_grad(set_to_none=True)
@@ -175,9 +176,9 @@ def train_episodes(model, studies: Studies, cfg: FewShotConfig) -> dict[str, Any
 
 
 @torch.no_grad()
-def embed_all(model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def embed_all(model, images: torch.Tensor, how: str = "flatten", batch_size: int = 64) -> torch.Tensor:
     model.eval()
-    out = [embed(model.encode_image(images[sl])) for sl in batches(len(images), batch_size)]
+    out = [embed(model.encode_image(images[sl]), how) for sl in batches(len(images), batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -187,7 +188,7 @@ def evaluate(model, studies: Studies, cfg: FewShotConfig) -> list[dict[str, Any]
     rows = np.unique(np.concatenate([r for r in pools.values()])) if pools else np.zeros(0, np.int64)
     emb = torch.zeros(len(studies), 1)
     if len(rows):
-        emb_rows = embed_all(model, studies.images[torch.as_tensor(rows)])
+        emb_rows = embed_all(model, studies.images[torch.as_tensor(rows)], cfg.embedding)
         emb = torch.zeros(len(studies), emb_rows.shape[1])
         emb[torch.as_tensor(rows)] = emb_rows
     results = []

@@ -4,6 +4,7 @@ config). Knob names follow the training loops' vocabulary (``max_steps``, ``num_
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from kdistill.labels import FINDINGS
 from student.config import StudentConfig
@@ -24,6 +25,9 @@ class FewShotConfig:
     ways: list[int] = dataclasses.field(default_factory=lambda: [2, 3])  # N of the evaluation episodes
     shots: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10])  # K of the evaluation episodes
     queries: int = 5  # Q query studies per class (training and evaluation)
+    # The image embedding the prototypes live in: "flatten" (the feature map's tokens concatenated,
+    # as ProtoNet flattens its conv features: where a finding is stays in it) or "mean" (their mean).
+    embedding: Literal["flatten", "mean"] = "flatten"
     train_ways: int = 2
     train_shots: int = 5
     # Weight of the Grad-CAM Dice loss on the support studies that have regions (EGxFSL); 0: the
