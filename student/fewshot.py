@@ -1,12 +1,13 @@
 """``kdistill student fewshot``: explanation-guided few-shot learning (EGxFSL).
 
-A prototypical head (Snell et al., 2017) on the student's image embedding (the tower's
-feature map flattened, ``embedding: flatten``, or the mean of its tokens, ``mean``): the
-prototype of a class is the mean embedding of its K support studies and a study's logit for a
-class is minus its squared Euclidean distance to that prototype. Training is episodic on the
-*base* findings (N-way K-shot, Q queries per class, cross-entropy on the queries) plus
-``gcam_dice`` times the Grad-CAM Dice loss (``student.losses.gcam_dice_loss``) of each support study that has an expert region for its class, the logits being its negative
-distances to the episode's prototypes. ``gcam_dice=0`` is the unguided baseline.
+A prototypical head (Snell et al., 2017) on the student's image embedding (the tower's feature
+map flattened, ``embedding: flatten``, or the mean of its tokens, ``mean``): the prototype of a
+class is the mean embedding of its K support studies and a study's logit for a class is minus
+its squared Euclidean distance to that prototype. Training is episodic on the *base* findings
+(N-way K-shot, Q queries per class, cross-entropy on the queries) plus ``gcam_dice`` times the
+Grad-CAM Dice loss (``student.losses.gcam_dice_loss``) of each support study that has an expert
+region for its class, the logits being its negative distances to the episode's prototypes.
+``gcam_dice=0`` is the unguided baseline.
 
 Episodes use studies with exactly one positive among the finding set; a study of finding f is in
 class f. Base and novel findings are disjoint, so evaluation (``eval_episodes`` seeded episodes
