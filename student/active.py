@@ -11,7 +11,7 @@ empty). The last round trains and records but acquires nothing.
 
 Strategies (``student.acquisition``): ``random``; ``entropy`` (mean binary entropy over
 findings); ``mc_dropout`` (BALD over ``mc_passes`` passes with dropout on the tower's tokens);
-``misalignment`` (1 - soft Dice of the student's Grad-CAM map, ``GradCAM.from_model``, with the
+``misalignment`` (1 - soft Dice of the student's Grad-CAM map, ``GradCAM.from_model``'s, with the
 expert region, mean over the study's findings with a region); ``xgal`` = lambda * uncertainty +
 (1 - lambda) * misalignment on rank-normalised scores. Fallback: a pool study without any region
 has no misalignment; in its place it takes its rank-normalised entropy (a pool without any region
@@ -97,22 +97,42 @@ def predict_probs(model, images: torch.Tensor, dropout: float = 0.0, batch_size:
     return torch.cat(out).numpy() if out else np.zeros((0, 14), np.float32)
 
 
+def grad_cam_maps(model, images: torch.Tensor, findings: list[int]) -> torch.Tensor:
+    """Grad-CAM maps (B, len(findings), H, W) of the student's finding logits at the input size:
+    ``kdistill.saliency.GradCAM.from_model``'s maps (same layer, formula, normalisation and
+    upsampling) from one forward pass and one backward per finding."""
+    from kdistill.saliency.base import eval_mode, normalise_maps, upsample
+    from kdistill.saliency.gradcam import cam_from_gradients
+
+    reshape = model.visual.cam_reshape or (lambda t: t)
+    with eval_mode(model), torch.enable_grad():
+        tokens = model.encode_image(images)
+        logits = model.classify(tokens)[0]
+        out = []
+        for n, j in enumerate(findings):
+            (grad,) = torch.autograd.grad(logits[:, j].sum(), tokens, retain_graph=n < len(findings) - 1)
+            raw = cam_from_gradients(reshape(tokens.detach()), reshape(grad))
+            out.append(normalise_maps(upsample(raw, tuple(images.shape[-2:]))))
+    return torch.stack(out, 1).detach()
+
+
 def misalignment(model, studies: Studies, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """1 - soft Dice of the student's Grad-CAM map (``GradCAM.from_model``, at the input size) with
+    """1 - soft Dice of the student's Grad-CAM map (:func:`grad_cam_maps`, at the input size) with
     the expert region, mean over each study's findings with a region; NaN for a study without."""
-    from kdistill.saliency import GradCAM
     from kdistill.saliency.regions import region_masks
 
-    cam = GradCAM.from_model(model)
     size = tuple(studies.images.shape[-2:])
     total, count = np.zeros(len(rows)), np.zeros(len(rows))
     for sl in batches(len(rows), batch_size):
         part = rows[sl]
         masks, has = region_masks(studies.roi_bits[part], size)
-        for j in has.any(0).nonzero().flatten().tolist():
+        findings = has.any(0).nonzero().flatten().tolist()
+        if not findings:
+            continue
+        maps = grad_cam_maps(model, studies.images[torch.as_tensor(part)], findings).numpy()
+        for n, j in enumerate(findings):
             sel = has[:, j].numpy()
-            maps = cam(studies.images[torch.as_tensor(part[sel])], j)
-            dice = acq.soft_dice(maps, masks[torch.as_tensor(sel), j].numpy())
+            dice = acq.soft_dice(maps[sel, n], masks[torch.as_tensor(sel), j].numpy())
             idx = np.arange(sl.start, sl.stop)[sel]
             total[idx] += 1 - dice
             count[idx] += 1

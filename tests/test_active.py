@@ -185,27 +185,32 @@ def test_pool_without_regions_falls_back_said_once(tmp_path, caplog):
     assert _acquired(mis) == _acquired(ent)  # without regions, misalignment is entropy
 
 
-def test_misalignment_is_low_where_the_map_lies_on_the_region(monkeypatch, data):
-    """The student's Grad-CAM replaced by the region itself: misalignment 0 for each study with a
-    region, NaN for the others; the map of the complement gives 1."""
+def test_student_maps_are_gradcams_and_misalignment_follows_them(monkeypatch, data):
+    from kdistill.saliency import GradCAM
     from kdistill.saliency.regions import region_masks
+    from student.model import create_student
 
     pool, _ = data
+    torch.manual_seed(0)
+    model = create_student(StudentConfig(**TINY_MODEL))
+    images = pool.images[:5]
+    got = active.grad_cam_maps(model, images, [2, 7])
+    for n, j in enumerate([2, 7]):  # the reference: GradCAM.from_model, one finding at a time
+        assert torch.allclose(got[:, n], GradCAM.from_model(model).attribute(images, j), atol=1e-5)
+
+    # Maps replaced by the regions themselves: misalignment 0 where a study has a region, NaN
+    # where it has none; maps of the regions' complement: misalignment 1.
     rows = np.arange(len(pool))
-
-    class Oracle:
-        def __init__(self, invert):
-            self.invert = invert
-
-        def __call__(self, images, j):
-            keep = [i for i in rows if any(torch.equal(pool.images[i], im) for im in images)]
-            m = region_masks(pool.roi_bits[keep], (32, 32))[0][:, j].numpy()
-            return 1 - m if self.invert else m
-
     for invert, want in ((False, 0.0), (True, 1.0)):
-        monkeypatch.setattr("kdistill.saliency.GradCAM.from_model", classmethod(lambda cls, model, o=Oracle(invert): o))
+        def oracle(model, imgs, findings, invert=invert):
+            keep = [i for i in rows if any(torch.equal(pool.images[i], im) for im in imgs)]
+            m = region_masks(pool.roi_bits[keep], (32, 32))[0][:, findings]
+            return 1 - m if invert else m
+
+        monkeypatch.setattr(active, "grad_cam_maps", oracle)
         got = active.misalignment(None, pool, rows)
         has = pool.has_region
+        assert has.sum() > 10 and (~has).sum() > 0
         assert np.isnan(got[~has]).all() and got[has] == pytest.approx(np.full(has.sum(), want), abs=1e-6)
 
 
