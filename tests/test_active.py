@@ -3,6 +3,7 @@ per round, no re-acquisition, budget, seeded random, resume by round, bad input)
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +235,41 @@ def test_command_writes_the_curve(data, tmp_path):
     assert set(acquired) == {"random_seed0", "random_seed1", "xgal_seed0", "xgal_seed1"}
     assert [len(r) for r in acquired["xgal_seed1"]["rounds"]] == [5, 5, 0]
     assert "| 18 | xgal | 2 |" in (out / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_round_then_rerun_continues_the_curve(tmp_path):
+    """The command killed (SIGKILL) after its first finished round, during the next; the rerun's
+    acquisitions and curve are those of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time as _time
+
+    from kdistill.data.phantom import PhantomConfig, synthesize
+    from kdistill.data.prepare import prepare
+
+    synthesize(PhantomConfig(n_studies=80, image_size=64, corpus_mb=0.0), tmp_path / "phantom")
+    prepare(tmp_path / "phantom", tmp_path / "prepared", size=32, workers=1)
+    model_keys = [f"model.{k}={json.dumps(v)}" for k, v in TINY_MODEL.items()]
+
+    def cmd(out):
+        return [sys.executable, "-c", "from kdistill.cli import main; raise SystemExit(main())", "student", "active",
+                "--prepared", str(tmp_path / "prepared"), "--out", str(out), *model_keys, "strategies=[xgal]",
+                "seed_size=8", "acquire=6", "budget=18", "max_steps=40", "batch_size=8", "num_threads=1"]
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run(cmd(tmp_path / "whole"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(cmd(tmp_path / "cut"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "cut" / "runs" / "xgal_seed0" / "state.json"
+    deadline = _time.time() + 120
+    while not state.is_file() and _time.time() < deadline and proc.poll() is None:
+        _time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(json.loads(state.read_text())["rounds"]) < 4
+    subprocess.run(cmd(tmp_path / "cut"), check=True, env=env, capture_output=True)
+    for name in ("acquired.json", "curve.csv"):
+        assert (tmp_path / "cut" / name).read_text() == (tmp_path / "whole" / name).read_text()

@@ -203,3 +203,16 @@ def test_command_end_to_end_from_scratch_and_from_a_checkpoint(phantom_prepared,
     assert _cli(["--prepared", str(phantom_prepared), "--out", str(tmp_path / "c"), *model_keys, *common,
                  "ways=[3]", "shots=[40]"]) == 1
     assert "0 qualify" in capsys.readouterr().err
+
+
+def test_command_reads_its_config_section(phantom_prepared, tmp_path):
+    import yaml
+
+    cfg = {"fewshot": {"model": TINY_MODEL, "prepared": str(phantom_prepared), "ways": [2], "shots": [1],
+                       "queries": 2, "train_shots": 1, "max_steps": 1, "eval_episodes": 4, "gcam_dice": 0.0,
+                       "num_threads": 1, "seed": 9},
+           "student": {"max_steps": 5}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert _cli(["--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "o"), "eval_episodes=5"]) == 0
+    out = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert out["config"]["seed"] == 9 and out["results"][0]["episodes"] == 5 and out["method"].endswith("(unguided)")
