@@ -2,7 +2,7 @@
 misalignment and xgal at equal budgets, several seeds, the test micro-AUC per round.
 
     .venv/bin/python benchmarks/active.py [--studies 800] [--seeds 3] [--seed-size 20] [--acquire 20]
-                                          [--budget 100] [--steps 60] [--strategies random entropy misalignment xgal]
+                                          [--budget 80] [--steps 60] [--strategies random entropy misalignment xgal]
 
 The phantom is written and prepared (--size px) in a temporary folder; the model is the tiny ViT
 of student.synthetic at --size. Every strategy starts from the same seed set for a seed (the seed
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--seed-size", type=int, default=20)
     p.add_argument("--acquire", type=int, default=20)
-    p.add_argument("--budget", type=int, default=100)
+    p.add_argument("--budget", type=int, default=80)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warm-start", type=int, default=1)
     p.add_argument("--strategies", nargs="+", default=["random", "entropy", "misalignment", "xgal"])
