@@ -62,7 +62,6 @@ def main(argv=None) -> int:
     import torch
 
     from kdistill.config import from_dict
-    from student.config import StudentConfig
     from student.fewshot import run
     from student.fewshot_config import FewShotConfig
     from student.synthetic import TINY_MODEL

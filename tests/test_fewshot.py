@@ -1,7 +1,6 @@
 """kdistill student fewshot: episodes, the prototypical head, the interval, the Grad-CAM Dice
 term, and the command end to end on the phantom."""
 import json
-import math
 
 import numpy as np
 import pytest
