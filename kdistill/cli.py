@@ -23,6 +23,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("teacher", "train"), "teacher.train", "LoRA-adapt a causal LM on the biomedical corpus"),
     (("teacher", "generate"), "teacher.generate", "write teacher rationales into the rationale cache"),
     (("student", "train"), "student.train", "train the student with accelerate"),
+    (("student", "fewshot"), "student.fewshot", "episodic N-way K-shot prototypical learning, Grad-CAM Dice guided (EGxFSL)"),
+    (("student", "active"), "student.active", "pool-based active learning curves: random, entropy, BALD, misalignment, xgal"),
     (("eval",), "eval.run", "score a checkpoint or a predictions file"),
     (("explain",), "student.explain", "write explained reports: per-study pages, a sortable index, JSON"),
     (("run",), "kdistill.pipeline", "run every stage of a config in order"),
