@@ -70,6 +70,15 @@ _VERB = re.compile(
 _LIST_SEPARATOR = re.compile(r",|/|&|\b(?:and|or|nor|as\s+well\s+as)\b")
 _CONJUNCTION = re.compile(r"\b(?:and|or|nor)\b|&")
 _MAX_ITEM_WORDS = 4  # a list item is a short noun phrase ("visualized upper abdomen")
+# A comma item that opens with a degree or course states a finding of its own, out of the
+# reach of a negation or hedge before the comma: "no pneumothorax, moderate right effusion",
+# "possible pneumonia, small right pleural effusion".  ("large", "significant", "focal" stay
+# inside negated lists: "no consolidation, pneumothorax, or large pleural effusion".)
+_PRESENCE_ITEM = re.compile(
+    r",\s*(?:(?:a|an)\s+)?(?:small|moderate|moderately|mild|mildly|minimal|minimally|trace|tiny|slight|slightly|"
+    r"stable|unchanged|persistent|persisting|residual|increasing|increased|decreasing|decreased|improving|improved|"
+    r"worsening|worsened|enlarging|resolving|moderate[\s-]+sized|small[\s-]+to[\s-]+moderate)\b"
+)
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,8 @@ class Labeler:
                     continue
                 if hit.pre < lists.ALL and (_words(low, hit.end, start) > hit.pre or _any_between(commas, hit.end, start)):
                     continue  # a near trigger (an adjective: "enlarged heart") stops at a comma
+                if _any_between(commas, hit.end, start) and _PRESENCE_ITEM.match(low, _last_before(commas, start)):
+                    continue  # "no pneumothorax, moderate right effusion": a new item states its size
             elif hit.start >= end and hit.post is not None:
                 # mention first: "heart size is normal", "A, B and C are normal"
                 if hit.post_only is not None and not _kind_matches(hit.post_only, kind):
@@ -292,6 +303,11 @@ def _kind_matches(wanted: str, kind: str) -> bool:
 def _any_between(sorted_positions: list[int], a: int, b: int) -> bool:
     i = bisect.bisect_left(sorted_positions, a)
     return i < len(sorted_positions) and sorted_positions[i] < b
+
+
+def _last_before(sorted_positions: list[int], b: int) -> int:
+    """The last position before ``b`` (there is one)."""
+    return sorted_positions[bisect.bisect_left(sorted_positions, b) - 1]
 
 
 def _words(low: str, a: int, b: int) -> int:

@@ -1,0 +1,56 @@
+"""Report language the labeler reads (issue 16, second pass): one sentence and its expected
+CheXpert labels per pattern (1 positive, 0 negative, -1 uncertain, None blank; findings left
+out are not checked).  Sentences marked "IU" are verbatim from the develop part of the IU /
+Open-i dev set (benchmarks/labeler_real.py); the others are written to isolate the pattern.
+The labeler's conventions, not NegBio's gold."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kdistill.labeler import label_report, mentions
+from kdistill.labels import FINDING_INDEX
+
+CASES = [
+    # --- a comma item that states its own degree is out of a negation's or hedge's reach
+    ("No pneumothorax, moderate right effusion.", {"Pneumothorax": 0, "Pleural Effusion": 1}),
+    ("No infiltrate, small left effusion.", {"Pleural Effusion": 1, "No Finding": None}),
+    ("Without focal consolidation, small effusion persists.", {"Consolidation": 0, "Pleural Effusion": 1}),
+    ("Possible right lower lobe pneumonia, small right pleural effusion.", {"Pneumonia": -1, "Pleural Effusion": 1}),
+    ("No consolidation, mild cardiomegaly.", {"Consolidation": 0, "Cardiomegaly": 1}),
+    # ... while a plain list stays negated, with or without its "or", and "large" stays inside
+    ("No focal consolidation, pneumothorax, or large pleural effusion.",  # IU
+     {"Consolidation": 0, "Pneumothorax": 0, "Pleural Effusion": 0, "No Finding": 1}),
+    ("Negative for pneumothorax, pleural effusion.", {"Pneumothorax": 0, "Pleural Effusion": 0, "No Finding": 1}),  # IU
+    ("The lungs are clear without focal airspace opacity, pleural effusion, pneumothorax.",  # IU
+     {"Pleural Effusion": 0, "Pneumothorax": 0, "No Finding": 1}),
+    ("No acute, displaced rib fractures.", {"Fracture": 0, "No Finding": 1}),  # IU
+    # --- a parenthesis holds its own statement: the "no" before it does not reach inside
+    ("No focal consolidation, pneumothorax, or large pleural effusion identified (blunting of costophrenic "
+     "recesses bilaterally may represent small effusions or pleural thickening/scar.",  # IU
+     {"Consolidation": 0, "Pneumothorax": 0, "Pleural Effusion": -1, "No Finding": None}),
+    # --- the comparison at hand is no finding: its "without" / "no" negates nothing
+    ("Without a comparison study, the age of this fracture is unknown.", {"Fracture": 1}),  # IU
+    ("No prior studies, the nodule is new.", {"Lung Lesion": 1}),
+    ("No comparison. No pneumothorax.", {"Pneumothorax": 0, "No Finding": 1}),
+    ("No prior pneumothorax.", {"Pneumothorax": 0}),
+    # --- synonyms and senses: "volume loss" is an abnormality outside the 14 columns (CheXpert's
+    # no_finding list), not atelectasis; tuberculosis is no tube
+    ("No change right upper lobe volume loss and fibrosis.", {"Atelectasis": None, "No Finding": None}),  # IU
+    ("There are postsurgical changes of the left hemithorax with mild left-sided volume loss as evidenced by "
+     "diaphragm elevation.", {"Atelectasis": None, "No Finding": None}),  # IU
+    ("Left lower lobe collapse.", {"Atelectasis": 1}),
+    ("Findings consistent with previous active pulmonary tuberculosis.", {"Support Devices": None, "No Finding": None}),
+    ("No evidence of active tuberculosis.", {"Support Devices": None, "No Finding": 1}),  # IU
+    ("Chest tube in place. NG tubing noted.", {"Support Devices": 1, "No Finding": 1}),
+    ("Scoliosis as before.", {"No Finding": None}),  # IU ("re:(?:levo|dextro|kypho|roto)?scolio\w*")
+    ("Mild dextroscoliosis and levocurvature.", {"No Finding": None}),
+]
+
+
+@pytest.mark.parametrize("text,expected", CASES, ids=[c[0][:60] for c in CASES])
+def test_sentence(text, expected):
+    row = label_report(text)
+    got = {f: (None if math.isnan(row[FINDING_INDEX[f]]) else float(row[FINDING_INDEX[f]])) for f in expected}
+    assert got == {f: (None if v is None else float(v)) for f, v in expected.items()}, mentions(text)
