@@ -46,6 +46,14 @@ CASES = [
     ("Chest tube in place. NG tubing noted.", {"Support Devices": 1, "No Finding": 1}),
     ("Scoliosis as before.", {"No Finding": None}),  # IU ("re:(?:levo|dextro|kypho|roto)?scolio\w*")
     ("Mild dextroscoliosis and levocurvature.", {"No Finding": None}),
+    # --- hedges: a range across the normal limit, a consideration
+    ("Heart size is normal to mildly enlarged.", {"Cardiomegaly": -1, "No Finding": None}),
+    ("IMPRESSION: The cardiac silhouette appears be at upper limits of normal to borderline enlarged",  # IU
+     {"Cardiomegaly": -1}),
+    ("Heart size is at the upper limits of normal.", {"Cardiomegaly": 0}),  # IU
+    ("Early pneumonia is a consideration.", {"Pneumonia": -1}),
+    ("Consider early right lower lobe pneumonia.", {"Pneumonia": -1}),
+    ("Aspiration pneumonia should be considered.", {"Pneumonia": -1}),
 ]
 
 

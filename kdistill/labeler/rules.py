@@ -11,7 +11,9 @@ decisions come from surface scope rules, with no parser:
   "heart size is normal"), counted in words; a trigger first with a reach of a few words
   (an adjective: "normal", "enlarged", "stable") stops at a comma ("heart size mildly
   enlarged for technique, stable mediastinal contours"), one reaching "all" does not ("no
-  consolidation, effusion, or pneumothorax");
+  consolidation, effusion, or pneumothorax"), except into a comma item that opens with its own
+  degree or course ("no pneumothorax, moderate right effusion", "possible pneumonia, small
+  right pleural effusion": ``_PRESENCE_ITEM``); parentheses are clause breaks too;
 * a trigger after the mention is a predicate, and reaches the mention when the mention is part
   of its subject: the text between them reads as a list of short noun phrases (split at commas,
   "and", "or", "/"), then at most the first verb and the trigger's ``post`` reach of words
@@ -61,9 +63,9 @@ _SUPPORT_DEVICES = "Support Devices"
 _CHF_TEXTS = ("chf", "heart failure")
 _LISTED_KINDS = ("structure", "negated_only")  # listed bare before a shared predicate
 # The verb that starts a predicate ("heart size and mediastinal contours ARE normal"); auxiliary
-# sequences count as one verb.
+# sequences count as one verb ("appears be": dictation drops the "to").
 _VERB = re.compile(
-    r"\b(?:(?:has|have|had)\s+been|is\s+being|(?:appears?|appeared|seems?|seemed)\s+to\s+be|"
+    r"\b(?:(?:has|have|had)\s+been|is\s+being|(?:appears?|appeared|seems?|seemed)\s+(?:to\s+)?be|"
     r"is|are|was|were|be|been|has|have|had|appears?|appeared|remains?|remained|seems?|looks?|"
     r"measures?|shows?|demonstrates?)\b"
 )
