@@ -46,6 +46,8 @@ CASES = [
     ("Chest tube in place. NG tubing noted.", {"Support Devices": 1, "No Finding": 1}),
     ("Scoliosis as before.", {"No Finding": None}),  # IU ("re:(?:levo|dextro|kypho|roto)?scolio\w*")
     ("Mild dextroscoliosis and levocurvature.", {"No Finding": None}),
+    ("Focal opacity in the right midlung zone worrisome for pneumonitis.", {"Pneumonia": None, "No Finding": None}),  # IU
+    ("No evidence for pulmonary edema or pneumonitis.", {"Edema": 0, "No Finding": 1}),  # IU
     # --- hedges: a range across the normal limit, a consideration
     ("Heart size is normal to mildly enlarged.", {"Cardiomegaly": -1, "No Finding": None}),
     ("IMPRESSION: The cardiac silhouette appears be at upper limits of normal to borderline enlarged",  # IU
