@@ -56,6 +56,13 @@ CASES = [
     ("Early pneumonia is a consideration.", {"Pneumonia": -1}),
     ("Consider early right lower lobe pneumonia.", {"Pneumonia": -1}),
     ("Aspiration pneumonia should be considered.", {"Pneumonia": -1}),
+    ("It is not clear whether this is atelectasis.", {"Atelectasis": -1}),
+    ("Nodule of uncertain significance.", {"Lung Lesion": -1}),
+    # --- a dictated "No, there is ..." states, the lungs "not clear" are abnormal
+    ("FINDINGS: No there is an dextroscoliosis of the thoracic spine.", {"No Finding": None}),  # IU
+    ("Lung parenchyma is not clear. No acute airspace disease.", {"Lung Opacity": 1, "No Finding": None}),  # IU
+    ("No pneumothorax. There is a small effusion.", {"Pneumothorax": 0, "Pleural Effusion": 1}),
+    ("The lungs are clear.", {"Lung Opacity": None, "No Finding": 1}),
 ]
 
 
