@@ -26,6 +26,13 @@ CASES = [
     ("The lungs are clear without focal airspace opacity, pleural effusion, pneumothorax.",  # IU
      {"Pleural Effusion": 0, "Pneumothorax": 0, "No Finding": 1}),
     ("No acute, displaced rib fractures.", {"Fracture": 0, "No Finding": 1}),  # IU
+    # ... a list closed by its "or" ends there: a further comma item is a statement of its own
+    ("No pneumothorax or effusion, heart enlarged.", {"Pneumothorax": 0, "Pleural Effusion": 0, "Cardiomegaly": 1}),
+    ("No infiltrate, mass, or effusion, the heart is enlarged.", {"Pleural Effusion": 0, "Cardiomegaly": 1}),
+    ("No pleural effusion or pneumothorax, or focal consolidation.",
+     {"Pleural Effusion": 0, "Pneumothorax": 0, "Consolidation": 0, "No Finding": 1}),
+    # --- "without significant change in" is stability, not a negation
+    ("Without significant change in the small left effusion.", {"Pleural Effusion": 1}),
     # --- a parenthesis holds its own statement: the "no" before it does not reach inside
     ("No focal consolidation, pneumothorax, or large pleural effusion identified (blunting of costophrenic "
      "recesses bilaterally may represent small effusions or pleural thickening/scar.",  # IU

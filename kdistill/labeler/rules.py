@@ -71,6 +71,7 @@ _VERB = re.compile(
 )
 _LIST_SEPARATOR = re.compile(r",|/|&|\b(?:and|or|nor|as\s+well\s+as)\b")
 _CONJUNCTION = re.compile(r"\b(?:and|or|nor)\b|&")
+_ITEM_CONJUNCTION = re.compile(r",\s*(?:and|or|nor|and/or|as\s+well\s+as)\b")  # ", or pneumothorax": still the list
 _MAX_ITEM_WORDS = 4  # a list item is a short noun phrase ("visualized upper abdomen")
 # A comma item that opens with a degree or course states a finding of its own, out of the
 # reach of a negation or hedge before the comma: "no pneumothorax, moderate right effusion",
@@ -228,8 +229,8 @@ class Labeler:
                     continue
                 if hit.pre < lists.ALL and (_words(low, hit.end, start) > hit.pre or _any_between(commas, hit.end, start)):
                     continue  # a near trigger (an adjective: "enlarged heart") stops at a comma
-                if _any_between(commas, hit.end, start) and _PRESENCE_ITEM.match(low, _last_before(commas, start)):
-                    continue  # "no pneumothorax, moderate right effusion": a new item states its size
+                if _any_between(commas, hit.end, start) and _new_comma_item(low, hit.end, _last_before(commas, start)):
+                    continue  # "no pneumothorax, moderate right effusion", "no effusion or pneumothorax, heart enlarged"
             elif hit.start >= end and hit.post is not None:
                 # mention first: "heart size is normal", "A, B and C are normal"
                 if hit.post_only is not None and not _kind_matches(hit.post_only, kind):
@@ -305,6 +306,17 @@ def _kind_matches(wanted: str, kind: str) -> bool:
 def _any_between(sorted_positions: list[int], a: int, b: int) -> bool:
     i = bisect.bisect_left(sorted_positions, a)
     return i < len(sorted_positions) and sorted_positions[i] < b
+
+
+def _new_comma_item(low: str, trigger_end: int, comma: int) -> bool:
+    """Does the comma item at ``comma`` (the last comma before a mention) start a statement of
+    its own rather than continue the list a trigger ending at ``trigger_end`` heads?  It does
+    when it opens with its own degree or course (``_PRESENCE_ITEM``), or when the list was
+    closed before the comma ("no pneumothorax or effusion, heart enlarged": "or" before the
+    comma, no conjunction after it)."""
+    if _PRESENCE_ITEM.match(low, comma):
+        return True
+    return _CONJUNCTION.search(low, trigger_end, comma) is not None and _ITEM_CONJUNCTION.match(low, comma) is None
 
 
 def _last_before(sorted_positions: list[int], b: int) -> int:
