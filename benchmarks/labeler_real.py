@@ -31,23 +31,29 @@ others are CheXpert's conventions, kept on purpose, and the gold's own choices. 
 (``--before`` = 454ea99, the labeler before the second pass; develop part):
 
   language, fixed in the second pass (each with its sentences in tests/test_labeler_language.py):
-    a comma item stating its own degree was negated or hedged by a trigger before the comma
-      ("no pneumothorax, moderate right effusion", "possible pneumonia, small right
-      pleural effusion"); a plain list stays one scope ("negative for pneumothorax,
+    negation / hedge scope over a comma: an item stating its own degree ("no pneumothorax,
+      moderate right effusion", "possible pneumonia, small right pleural effusion"), or
+      one after a list closed by its "or" ("no pneumothorax or effusion, heart enlarged"),
+      is a statement of its own; a plain list stays one scope ("negative for pneumothorax,
       pleural effusion", "no acute, displaced rib fractures")       edema FN 1 -> 0
     "volume loss" read as atelectasis (CheXpert lists it among the other findings)
                                                                    atelectasis FP 2 -> 0
+    a dictated "No there is an dextroscoliosis", "lung parenchyma is not clear": stated
+      abnormalities read as none                                   No Finding FP 2 -> 0
     a parenthesis read as part of the clause before it ("no ... large pleural effusion
       identified (blunting ... may represent small effusions"): negated -> uncertain
     the comparison at hand read as a negation ("Without a comparison study, the age of
       this fracture is unknown"): fracture 0 -> 1
-    "tube*" read "tuberculosis" as a support device (tuberculosis is now an other finding)
-  language, left: none found in the develop part; 2 held-out findings negated that the gold
-    has (read by count only)
+    hedges the lists lacked: a range across the normal limit ("upper limits of normal to
+      borderline enlarged"), "consider", "is a consideration", "not clear whether", "of
+      uncertain significance"; "without significant change in" is stability, no negation
+    "tube*" read "tuberculosis" as a support device; "pneumonitis" was no finding at all
+  language, left: none found in the develop part; 1 held-out effusion negated that the gold
+    has (2 before; the held-out part is read by count only)
   convention (CheXpert's, kept):                                       develop / held out
     hedged finding kept -1 (all dev, by the deciding word: "borderline" 19, "or" 21 -
       "atelectasis or scarring" -, "versus" 16, "probable" 6, "and/or" 5); the gold
-      counts hedges positive                                               53 / 18
+      counts hedges positive                                               53 / 19
     "stable cardiomediastinal silhouette" = uncertain, No Finding blank     12 / 2
     an other finding (degenerative spine, old rib fracture, scoliosis) in a report
       the gold calls normal                                                15 / 6
@@ -56,14 +62,19 @@ others are CheXpert's conventions, kept on purpose, and the gold's own choices. 
   gold:
     nothing abnormal stated, the gold says not normal (16 develop reports read "The
       heart and lungs have XXXX XXXX in the interval. Both lungs are clear and
-      expanded. Heart and mediastinum normal.")                            35 / 17
+      expanded. Heart and mediastinum normal.")                            33 / 17
     the finding stated ("the cardiac silhouette is enlarged", "hydropneumothorax"),
       the gold leaves it out                                                8 / 3
-  all mistakes                                                 develop 144 -> 141, held out 52 -> 51
+  all mistakes                                                 develop 144 -> 139, held out 52 -> 51
+  positive-only micro F1: develop 0.900 -> 0.903, held out 0.850 -> 0.852, all 0.890 -> 0.894;
+  uncertain as positive, all 0.883 -> 0.885.  Conceding the largest convention would not
+  reach 0.90 on all of dev either: "borderline" read as CheXpert's own lists do (uncertain
+  only in "borderline heart size": its trigger in patterns/uncertainty.yaml given `only:
+  structure`) gives 0.899 (develop 0.908, held out 0.859).
 
 Sections: the gold is read off the whole report; labelling the IMPRESSION alone (CheXpert's
-practice, FINDINGS when there is none) gives positive-only F1 0.721 on the develop part
-(0.902 for the whole text), so the whole text is labelled.
+practice, FINDINGS when there is none) gives positive-only F1 0.723 on the develop part
+(0.903 for the whole text), so the whole text is labelled.
 
     python benchmarks/labeler_real.py [--data PATH] [--before DIR] [--repeats 3]
 """
