@@ -31,6 +31,16 @@ CASES = [
     ("No infiltrate, mass, or effusion, the heart is enlarged.", {"Pleural Effusion": 0, "Cardiomegaly": 1}),
     ("No pleural effusion or pneumothorax, or focal consolidation.",
      {"Pleural Effusion": 0, "Pneumothorax": 0, "Consolidation": 0, "No Finding": 1}),
+    # --- word order of normal statements: a near "normal" distributes over a closed noun list,
+    # and runs into "size of the heart"; "is again noted to be" is one verb
+    ("Normal heart size, mediastinal contour and pulmonary vascularity.",
+     {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0, "No Finding": 1}),
+    ("FINDINGS: Stable, normal cardiac size, mediastinum, and central pulmonary vasculature.",  # IU
+     {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0}),
+    ("Heart size mildly enlarged for technique, stable mediastinal contours.",  # IU: no list, no reach
+     {"Cardiomegaly": 1, "Enlarged Cardiomediastinum": -1}),
+    ("Normal size of the heart and mediastinum.", {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0, "No Finding": 1}),
+    ("The heart is again noted to be enlarged.", {"Cardiomegaly": 1}),
     # --- "without significant change in" is stability, not a negation
     ("Without significant change in the small left effusion.", {"Pleural Effusion": 1}),
     # --- a parenthesis holds its own statement: the "no" before it does not reach inside

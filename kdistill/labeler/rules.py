@@ -66,6 +66,7 @@ _LISTED_KINDS = ("structure", "negated_only")  # listed bare before a shared pre
 # sequences count as one verb ("appears be": dictation drops the "to").
 _VERB = re.compile(
     r"\b(?:(?:has|have|had)\s+been|is\s+being|(?:appears?|appeared|seems?|seemed)\s+(?:to\s+)?be|"
+    r"(?:is|are|was|were)\s+(?:again\s+|also\s+|now\s+|still\s+)?(?:noted|seen|thought|felt|believed|shown)\s+to\s+be|"
     r"is|are|was|were|be|been|has|have|had|appears?|appeared|remains?|remained|seems?|looks?|"
     r"measures?|shows?|demonstrates?)\b"
 )
@@ -223,11 +224,14 @@ class Labeler:
                 continue
             if hit.only is not None and not _kind_matches(hit.only, kind):
                 continue
-            if hit.end <= start and hit.pre is not None:
+            if hit.start < start < hit.end <= end and hit.pre is not None:
+                pass  # the trigger runs into the mention: "normal size of | size of the heart"
+            elif hit.end <= start and hit.pre is not None:
                 # trigger first: "no ... effusion"
                 if _any_between(forward_breaks, hit.end, start):
                     continue
-                if hit.pre < lists.ALL and (_words(low, hit.end, start) > hit.pre or _any_between(commas, hit.end, start)):
+                if hit.pre < lists.ALL and (_words(low, hit.end, start) > hit.pre or (
+                        _any_between(commas, hit.end, start) and not _noun_list_reaches(low, hit, start, cuts, clause))):
                     continue  # a near trigger (an adjective: "enlarged heart") stops at a comma
                 if _any_between(commas, hit.end, start) and _new_comma_item(low, hit.end, _last_before(commas, start)):
                     continue  # "no pneumothorax, moderate right effusion", "no effusion or pneumothorax, heart enlarged"
@@ -306,6 +310,27 @@ def _kind_matches(wanted: str, kind: str) -> bool:
 def _any_between(sorted_positions: list[int], a: int, b: int) -> bool:
     i = bisect.bisect_left(sorted_positions, a)
     return i < len(sorted_positions) and sorted_positions[i] < b
+
+
+def _noun_list_reaches(low: str, hit: "_TriggerHit", start: int, cuts: list[int], clause: int) -> bool:
+    """Does a near trigger before a list of noun phrases reach a later item of it ("normal heart
+    size, mediastinal contour and pulmonary vascularity")?  The items up to the mention are
+    short and hold no verb, the mention's own item puts at most the trigger's reach of words
+    before it, and the list is closed by "and"/"or" in the clause ("heart size mildly enlarged
+    for technique, stable mediastinal contours" is no list: "enlarged" stops at its comma)."""
+    between = low[hit.end:start]
+    items = _LIST_SEPARATOR.split(between)
+    if any(len(_WORD.findall(item)) > _MAX_ITEM_WORDS for item in items) or _VERB.search(between):
+        return False
+    if len(_WORD.findall(items[-1])) > hit.pre or _PRESENCE_ITEM.match(low, _last_before_in(low, hit.end, start)):
+        return False
+    clause_end = cuts[clause] if clause < len(cuts) else len(low)
+    return _CONJUNCTION.search(low, hit.end, clause_end) is not None
+
+
+def _last_before_in(low: str, a: int, b: int) -> int:
+    """The last comma in ``low[a:b]`` (there is one)."""
+    return low.rindex(",", a, b)
 
 
 def _new_comma_item(low: str, trigger_end: int, comma: int) -> bool:
