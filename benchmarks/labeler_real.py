@@ -47,6 +47,9 @@ others are CheXpert's conventions, kept on purpose, and the gold's own choices. 
     hedges the lists lacked: a range across the normal limit ("upper limits of normal to
       borderline enlarged"), "consider", "is a consideration", "not clear whether", "of
       uncertain significance"; "without significant change in" is stability, no negation
+    word order of normal statements: a near "normal" before a closed noun list ("normal heart
+      size, mediastinal contour and pulmonary vascularity"), "normal size of the heart" (the
+      trigger runs into the mention), "is again noted to be enlarged" (one verb)
     "tube*" read "tuberculosis" as a support device; "pneumonitis" was no finding at all
   language, left: none found in the develop part; 1 held-out effusion negated that the gold
     has (2 before; the held-out part is read by count only)
