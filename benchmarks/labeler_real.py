@@ -14,40 +14,70 @@ Beside the labeler, measured in the same run on the same reports with the labele
 negation word comes at most 5 words before the mention in its sentence, NegEx's window) and
 ``negex sentence`` (anywhere before it in the sentence); all give No Finding = 1 when nothing
 but Support Devices is positive.  ``--before DIR`` adds the labeler of another source tree
-(``git archive c815593 kdistill | tar -x -C DIR``: the labeler before these rules) as
-``rules before``, run in a child process on the same core.  Reports/s: best of ``--repeats``
-passes over the 1,537 reports on one core.
+(``git archive REV kdistill | tar -x -C DIR``) as ``rules before``, run in a child process on
+the same core.  Reports/s: best of ``--repeats`` passes over the 1,537 reports, the process
+pinned to one core with OMP/BLAS threads 1, by the wall clock and by this process's CPU time
+(on a machine shared with other jobs the wall figure drops, the CPU figure much less; the
+target is 2,000 reports/s on one core).
 
 Held-out part: every 5th report (index % 5 == 4) was never read while the rules were written;
 the tables give the develop part (4/5), the held-out part (1/5) and all, with a bootstrap 95%
-interval (1,000 resamples of reports, seed 0) on the micro F1 of all.
+interval (1,000 resamples of reports, seed 0) on the micro F1 of all.  Only counts of the
+held-out part are printed (its mistakes by cause below), never its reports.
 
-Mistakes by category, develop part, positive only (``error_categories`` below sorts each wrong
-finding by the decisions taken; ``rules before`` -> ``rules``, measured with ``--before``):
+Mistakes by cause (``CAUSES`` below; each wrong finding, positive only, gets one cause from the
+decisions the labeler took): "language" causes are the labeler misreading the text, the
+others are CheXpert's conventions, kept on purpose, and the gold's own choices.  Measured
+(``--before`` = 454ea99, the labeler before the second pass; develop part):
 
-    heart / mediastinum word read positive with no predicate stated, or with the predicate
-      out of reach of a word-order or list-subject rule ("the heart and lungs have XXXX XXXX",
-      "heart XXXX, mediastinum, XXXX, bony structures and lung XXXX are unremarkable",
-      "normal size and configuration of the cardiac silhouette")   finding FP 37 -> 0,
-                                                                    No Finding FN 11 -> 0
-    abnormalities the lists lacked (spondylosis, tortuous aorta, low lung volumes,
-      hypoinflation, postoperative changes ...)                    No Finding FP 51 -> 0
-    a past (granulomatous, tuberculous) infection read as pneumonia            9 -> 0
-    a hedge not read ("in the appropriate clinical setting, ...", "question small
-      effusions", "may be compatible with")                                    4 -> 0
-    stability reaching a heart structure over a comma ("heart size mildly enlarged
-      for technique, stable mediastinal contours")                 finding FN  2 -> 0
-  left as they are, by convention or because the gold has them so:
-    hedged findings, kept -1 (the gold counts them positive)                  52 -> 53
-    "stable cardiomediastinal silhouette" = uncertain (CheXpert's rule)       14 -> 14
-    devices / surgical clips only (CheXpert: devices do not make a finding)   15 -> 15
-    text normal, gold not normal (nothing stated; 16 of them "The heart and lungs
-      have XXXX XXXX in the interval ... Heart and mediastinum normal"):  19 + 0 -> 21 + 16
-    finding stated, gold leaves it out (degenerative spine, "cardiac
-      silhouette is enlarged" ...)                                    12 + 9 -> 13 + 10
-    a hedged finding in a gold-normal report; a negated finding the gold has     2 -> 2
-    all mistakes                                                            237 -> 144
-  held-out part, the same categories (never read):                            71 -> 52
+  language, fixed in the second pass (each with its sentences in tests/test_labeler_language.py):
+    negation / hedge scope over a comma: an item stating its own degree ("no pneumothorax,
+      moderate right effusion", "possible pneumonia, small right pleural effusion"), or
+      one after a list closed by its "or" ("no pneumothorax or effusion, heart enlarged"),
+      is a statement of its own; a plain list stays one scope ("negative for pneumothorax,
+      pleural effusion", "no acute, displaced rib fractures")       edema FN 1 -> 0
+    "volume loss" read as atelectasis (CheXpert lists it among the other findings)
+                                                                   atelectasis FP 2 -> 0
+    a dictated "No there is an dextroscoliosis", "lung parenchyma is not clear": stated
+      abnormalities read as none                                   No Finding FP 2 -> 0
+    a parenthesis read as part of the clause before it ("no ... large pleural effusion
+      identified (blunting ... may represent small effusions"): negated -> uncertain
+    the comparison at hand read as a negation ("Without a comparison study, the age of
+      this fracture is unknown"): fracture 0 -> 1
+    hedges the lists lacked: a range across the normal limit ("upper limits of normal to
+      borderline enlarged"), "consider", "is a consideration", "not clear whether", "of
+      uncertain significance"; "without significant change in" is stability, no negation
+    word order of normal statements: a near "normal" before a closed noun list ("normal heart
+      size, mediastinal contour and pulmonary vascularity"), "normal size of the heart" (the
+      trigger runs into the mention), "is again noted to be enlarged" (one verb)
+    "tube*" read "tuberculosis" as a support device; "pneumonitis" was no finding at all
+  language, left: none found in the develop part; 1 held-out effusion negated that the gold
+    has (2 before; the held-out part is read by count only)
+  convention (CheXpert's, kept):                                       develop / held out
+    hedged finding kept -1 (all dev, by the deciding word: "borderline" 19, "or" 21 -
+      "atelectasis or scarring" -, "versus" 16, "probable" 6, "and/or" 5); the gold
+      counts hedges positive                                               53 / 19
+    "stable cardiomediastinal silhouette" = uncertain, No Finding blank     12 / 2
+    an other finding (degenerative spine, old rib fracture, scoliosis) in a report
+      the gold calls normal                                                15 / 6
+    devices / surgical clips only: No Finding 1, the gold says not normal  17 / 2
+    "no large pleural effusion" negative, the gold has the effusion         1 / 1
+  gold:
+    nothing abnormal stated, the gold says not normal (16 develop reports read "The
+      heart and lungs have XXXX XXXX in the interval. Both lungs are clear and
+      expanded. Heart and mediastinum normal.")                            33 / 17
+    the finding stated ("the cardiac silhouette is enlarged", "hydropneumothorax"),
+      the gold leaves it out                                                8 / 3
+  all mistakes                                                 develop 144 -> 139, held out 52 -> 51
+  positive-only micro F1: develop 0.900 -> 0.903, held out 0.850 -> 0.852, all 0.890 -> 0.894;
+  uncertain as positive, all 0.883 -> 0.885.  Conceding the largest convention would not
+  reach 0.90 on all of dev either: "borderline" read as CheXpert's own lists do (uncertain
+  only in "borderline heart size": its trigger in patterns/uncertainty.yaml given `only:
+  structure`) gives 0.899 (develop 0.908, held out 0.859).
+
+Sections: the gold is read off the whole report; labelling the IMPRESSION alone (CheXpert's
+practice, FINDINGS when there is none) gives positive-only F1 0.723 on the develop part
+(0.903 for the whole text), so the whole text is labelled.
 
     python benchmarks/labeler_real.py [--data PATH] [--before DIR] [--repeats 3]
 """
@@ -62,7 +92,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # threads 1: the labeler is single-threaded, numpy is kept so
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,6 +111,7 @@ if not DEFAULT_DATA.exists():  # a checkout beside shared/ (CI) rather than unde
 MAPPED = ("No Finding", "Cardiomegaly", "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax",
           "Pleural Effusion")
 HELD_OUT_EVERY = 5  # index % 5 == 4 is held out
+SPEED_TARGET = 2000.0  # reports/s on one core (issue 16)
 NEGEX_WINDOW = 5  # NegEx's window; "negex sentence" reaches the whole sentence before the mention
 NEGEX_TRIGGERS = re.compile(r"\b(?:no|not|without|negative\s+for|free\s+of|absence\s+of|no\s+evidence\s+of|"
                             r"rule\s+out|ruled\s+out|denies|never)\b")
@@ -178,75 +211,114 @@ def score(gold: np.ndarray, pred: np.ndarray) -> dict:
     return result
 
 
-def reports_per_second(fn, texts, repeats: int) -> float:
-    best = float("inf")
+def reports_per_second(fn, texts, repeats: int) -> dict[str, float]:
+    """Best of ``repeats`` passes: reports per second of wall time and of this process's CPU
+    time (the two differ when other processes share the core; the CPU figure is the one a
+    loaded machine does not halve)."""
+    wall = cpu = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        w, c = time.perf_counter(), time.process_time()
         fn(texts)
-        best = min(best, time.perf_counter() - start)
-    return len(texts) / best
+        wall, cpu = min(wall, time.perf_counter() - w), min(cpu, time.process_time() - c)
+    return {"wall": len(texts) / wall, "cpu": len(texts) / max(cpu, 1e-9)}
 
 
-# ------------------------------------------------------------------ mistakes by category
-# The abnormalities the lists lacked before this benchmark's changes (now in other_findings.yaml).
+# ------------------------------------------------------------------ mistakes by cause
+# Every wrong finding (positive-only convention) gets one cause, from the decisions the
+# labeler took on the report.  Causes come in three groups: "language" (the labeler misread
+# the text: negation scope, the word order of a normal statement, a compound subject, a hedge,
+# a synonym, the sections read), "convention" (CheXpert's conventions, kept on purpose, give
+# another answer than NegBio's MeSH-derived gold) and "gold" (the text states nothing the
+# gold has, or states what the gold leaves out).
+LANGUAGE, CONVENTION, GOLD = "language", "convention", "gold"
+CAUSES = {  # cause -> (group, what it means)
+    "negation scope": (LANGUAGE, "a negation reached a finding the report states"),
+    "word order / compound subject": (LANGUAGE, "a heart / mediastinum word read positive: its predicate out of reach "
+                                                "(another word order, a list subject) or hidden by XXXX"),
+    "hedge not read": (LANGUAGE, "a hedge the lists lack ('in the appropriate clinical setting', 'question')"),
+    "synonym / sense": (LANGUAGE, "a word the lists lack, or read in another sense (a past infection as pneumonia)"),
+    "hedge kept uncertain": (CONVENTION, "a hedged finding kept -1 ('borderline cardiomegaly', 'atelectasis or "
+                                         "scarring'); the gold counts hedges positive"),
+    "qualified negation is negative": (CONVENTION, "'no large pleural effusion', 'no significant edema' are "
+                                                   "negative (CheXpert); the gold counts the finding"),
+    "stability is uncertain": (CONVENTION, "'stable cardiomediastinal silhouette' is uncertain (CheXpert's rule), "
+                                           "so No Finding stays blank"),
+    "other finding blocks No Finding": (CONVENTION, "a finding outside the 14 columns (degenerative spine, old rib "
+                                                    "fracture, scoliosis: CheXpert's no_finding list) in a report the "
+                                                    "gold calls normal"),
+    "devices are no finding": (CONVENTION, "only devices or surgical clips: No Finding 1 (CheXpert); the gold says "
+                                           "not normal"),
+    "gold not normal, nothing stated": (GOLD, "the report states nothing abnormal; the gold says not normal (16 of "
+                                              "them 'The heart and lungs have XXXX XXXX in the interval')"),
+    "stated, gold negative": (GOLD, "the report states the finding; the gold leaves it out"),
+    "gold finding not stated": (GOLD, "the gold has a finding the report does not state"),
+}
+# The abnormalities the lists lacked before c815593's successors (now in other_findings.yaml):
+# with --before, the older lists' misses.
 _ADDED_ABNORMAL = re.compile(
     r"spondylo|spur|endplate change|arthrit|curvature|tortuo|unfold|ectasia|ectatic|aneurysm|dissection|"
     r"dilated (?:\w+ )?aorta|lesion|post[\s-]*(?:operative|surgical|traumatic) change|(?:surgical|thoracotomy|"
     r"sternotomy) changes|hypoinflat|hypoventilat|hypoexpan|(?:low|decreased|diminished|reduced) (?:lung )?volume|"
     r"lung volumes (?:are|is) (?:\w+ )?(?:low|decreased)|crowding|(?:enlarged|dilated|prominent) (?:left|right) "
-    r"(?:ventricle|atrium)|lymph node|lobulated|senescent")
-_HIDDEN_PREDICATE = re.compile(r"\b(?:heart|cardiac|mediastin\w*)\b[^.]*\b(?:has|have|is|are)\s+xxxx\b")
+    r"(?:ventricle|atrium)|lymph node|lobulated|senescent|volume loss")
 _STABLE = re.compile(r"stabl|unchanged|change|similar")
+_QUALIFIER = re.compile(r"\b(?:large|significant|definite|sizable|substantial|gross|frank|overt|acute|focal|discrete|"
+                        r"obvious|appreciable|visible|typical)\b")
 _PAST_INFECTION = re.compile(r"granulomatous|tubercul|histoplasm|prior|previous|\bold\b")
 _HEDGE_MISSED = re.compile(r"appropriate clinical|question|may be compatible")
 STRUCTURES = ("structure", "negated_only")
 
 
-def _category(text: str, finding: str, gold: bool, value: float, mentions: list[dict]) -> str:
-    """One wrong finding (positive-only convention) -> the kind of mistake, from the decisions taken."""
+def _cause(text: str, finding: str, gold: bool, value: float, mentions: list[dict]) -> str:
+    """One wrong finding (positive-only convention) -> its cause (a key of CAUSES)."""
     low = text.lower()
     if finding == "No Finding":
-        if not gold:
+        if not gold:  # said normal, the gold says not
             if _ADDED_ABNORMAL.search(low):
-                return "No Finding FP: an abnormality the lists lacked (spondylosis, tortuous aorta, low volumes ...)"
-            if _HIDDEN_PREDICATE.search(low):
-                return "No Finding FP: heart predicate hidden by XXXX, rest normal (gold: not normal)"
+                return "synonym / sense"
             if any(m["finding"] == "Support Devices" and m["label"] == 1 for m in mentions) or "clip" in low:
-                return "No Finding FP: devices / surgical clips only (CheXpert: devices do not count)"
-            return "No Finding FP: nothing abnormal stated (gold quirk)"
+                return "devices are no finding"
+            return "gold not normal, nothing stated"
         blocking = [m for m in mentions if m["finding"] != "Support Devices" and m["label"] != 0]
         if any(m["kind"] in STRUCTURES and m["label"] == 1 and m["trigger"] is None for m in blocking):
-            return "No Finding FN: bare heart / mediastinum word read positive (list subject, word order, XXXX)"
-        if any(m["kind"] in STRUCTURES and m["trigger"] and _STABLE.search(m["trigger"]) for m in blocking):
-            return "No Finding FN: stable silhouette = uncertain (CheXpert rule)"
+            return "word order / compound subject"
         if any(m["label"] == 1 for m in blocking):
-            return "No Finding FN: finding stated, gold normal (degenerative spine, old fracture ...)"
-        return "No Finding FN: hedged finding, gold normal"
+            return "other finding blocks No Finding"
+        if any(m["kind"] in STRUCTURES and m["trigger"] and _STABLE.search(m["trigger"]) for m in blocking):
+            return "stability is uncertain"
+        return "hedge kept uncertain"
     own = [m for m in mentions if m["finding"] == finding]
     if not gold:
         positive = [m for m in own if m["label"] == 1]
         if any(m["kind"] in STRUCTURES and m["trigger"] is None for m in positive):
-            return "finding FP: bare heart word read positive (list subject, word order, XXXX)"
-        if any(_PAST_INFECTION.search(low[max(0, m["start"] - 40): m["end"]]) for m in positive if finding == "Pneumonia"):
-            return "finding FP: a past infection read as pneumonia"
+            return "word order / compound subject"
+        if finding == "Pneumonia" and any(_PAST_INFECTION.search(low[max(0, m["start"] - 40): m["end"]]) for m in positive):
+            return "synonym / sense"
         if any(_HEDGE_MISSED.search(low[max(0, m["start"] - 80): m["start"]]) for m in positive):
-            return "finding FP: a hedge not read"
-        return "finding FP: finding stated, gold negative (gold quirk)"
+            return "hedge not read"
+        return "stated, gold negative"
     if value == -1:
         hedges = [m for m in own if m["label"] == -1 and not (m["trigger"] and _STABLE.search(m["trigger"]))]
-        return "finding FN: hedged, -1 kept (gold counts hedges positive)" if hedges else "finding FN: stability read as uncertain"
-    return "finding FN: negated, gold positive" if value == 0 else "finding FN: no mention found"
+        return "hedge kept uncertain" if hedges else "stability is uncertain"
+    if value == 0:
+        negated = [m for m in own if m["label"] == 0 and m["trigger"]]
+        if any(_QUALIFIER.search(low, max(0, low.rfind(m["trigger"].lower(), 0, m["start"])), m["start"]) for m in negated):
+            return "qualified negation is negative"
+        return "negation scope"
+    return "gold finding not stated" if not own else "synonym / sense"
 
 
-def error_categories(texts, gold, pred, mentions, mask) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def error_causes(texts, gold, pred, mentions, mask) -> dict[str, dict[str, dict[str, int]]]:
+    """-> {cause: {finding: {"fp": n, "fn": n}}} over the reports in ``mask``."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
     for i in np.flatnonzero(mask):
         for f in MAPPED:
             j = FINDING_INDEX[f]
             if (gold[i, j] == 1) != (pred[i, j] == 1):
-                key = _category(texts[i], f, bool(gold[i, j] == 1), float(pred[i, j]), mentions[i])
-                counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items()))
+                cause = _cause(texts[i], f, bool(gold[i, j] == 1), float(pred[i, j]), mentions[i])
+                cell = out.setdefault(cause, {}).setdefault(f, {"fp": 0, "fn": 0})
+                cell["fn" if gold[i, j] == 1 else "fp"] += 1
+    return {c: out[c] for c in CAUSES if c in out}
 
 
 def _mention_dicts(labeler, texts) -> list[list[dict]]:
@@ -260,18 +332,26 @@ from kdistill.labeler import Labeler
 texts = json.load(open(sys.argv[1]))
 labeler = Labeler()
 labels = labeler.label_reports(texts)
-best = float("inf")
+wall = cpu = float("inf")
 for _ in range(int(sys.argv[2])):
-    start = time.perf_counter(); labeler.label_reports(texts); best = min(best, time.perf_counter() - start)
+    w, c = time.perf_counter(), time.process_time(); labeler.label_reports(texts)
+    wall, cpu = min(wall, time.perf_counter() - w), min(cpu, time.process_time() - c)
 mentions = [[{"finding": m.finding, "label": m.label, "kind": m.kind, "trigger": m.trigger, "start": m.start,
               "end": m.end} for m in labeler.mentions(t)] for t in texts]
-json.dump({"labels": labels.tolist(), "mentions": mentions, "reports_per_s": len(texts) / best}, sys.stdout)
+json.dump({"labels": labels.tolist(), "mentions": mentions,
+           "reports_per_s": {"wall": len(texts) / wall, "cpu": len(texts) / max(cpu, 1e-9)}}, sys.stdout)
 """
 
 
 def run_tree(tree: Path, texts: list[str], repeats: int) -> tuple[np.ndarray, list[list[dict]], float]:
+    """As ``run_tree_clocks``, with the wall-clock reports/s alone (benchmarks/labeler_speed.py)."""
+    labels, mentions, rate = run_tree_clocks(tree, texts, repeats)
+    return labels, mentions, rate["wall"]
+
+
+def run_tree_clocks(tree: Path, texts: list[str], repeats: int) -> tuple[np.ndarray, list[list[dict]], dict[str, float]]:
     """The labeler of another source tree (``tree/kdistill``, e.g. an older commit's), in a child
-    process on the same core: -> (labels, mentions, reports/s)."""
+    process on the same core: -> (labels, mentions, {"wall": reports/s, "cpu": reports/s})."""
     import subprocess
     import tempfile
 
@@ -284,7 +364,9 @@ def run_tree(tree: Path, texts: list[str], repeats: int) -> tuple[np.ndarray, li
     finally:
         os.unlink(fh.name)
     out = json.loads(done.stdout)
-    return np.asarray(out["labels"], dtype=np.float32), out["mentions"], float(out["reports_per_s"])
+    rate = out["reports_per_s"]
+    rate = rate if isinstance(rate, dict) else {"wall": float(rate), "cpu": float("nan")}  # an older runner
+    return np.asarray(out["labels"], dtype=np.float32), out["mentions"], rate
 
 
 # ------------------------------------------------------------------ table
@@ -301,17 +383,30 @@ def print_table(results: dict) -> None:
             print(f"{'micro ' + part:<18}" + "".join(f"{c['precision']:>8.3f}{c['recall']:>7.3f}{c['f1']:>7.3f}" for c in cells))
         cis = [results[n]["scores"][convention]["micro"]["all"]["f1_95ci"] for n in names]
         print(f"{'  F1 95% CI':<18}" + "".join(f"{'[%.3f, %.3f]' % tuple(ci):>22}" for ci in cis))
-    print(f"\n{'reports/s, 1 core':<18}" + "".join(f"{results[n]['reports_per_s']:>22.0f}" for n in names))
+    for clock in ("wall", "cpu"):
+        print(f"{'reports/s ' + clock:<18}" + "".join(f"{results[n]['reports_per_s'][clock]:>22.0f}" for n in names))
+    print(f"{'  (target)':<18}{SPEED_TARGET:>22.0f}  reports/s on one core, threads 1")
 
 
 def print_mistakes(results: dict) -> None:
-    names = [n for n in results if "mistakes" in results[n]]
-    for part in ("develop", "held_out"):
-        keys = sorted({k for n in names for k in results[n]["mistakes"][part]})
-        print(f"\nmistakes by category, {part} part (positive only)" + "".join(f"{n:>14}" for n in names))
-        for key in keys:
-            print(f"  {key:<96}" + "".join(f"{results[n]['mistakes'][part].get(key, 0):>14}" for n in names))
-        print(f"  {'total':<96}" + "".join(f"{sum(results[n]['mistakes'][part].values()):>14}" for n in names))
+    """Mistakes (positive only) of each labeler with mentions, by cause and finding: FP/FN
+    in the develop part, then the held-out part."""
+    short = {"No Finding": "NoFind", "Cardiomegaly": "Cardio", "Edema": "Edema", "Consolidation": "Consol",
+             "Pneumonia": "Pneum", "Atelectasis": "Atel", "Pneumothorax": "PTX", "Pleural Effusion": "Effus"}
+    for name in (n for n in results if "mistakes" in results[n]):
+        for part in ("develop", "held_out"):
+            table = results[name]["mistakes"][part]
+            print(f"\n{name}: mistakes by cause, {part} part (positive only), FP/FN per finding")
+            print(f"  {'group':<11}{'cause':<33}" + "".join(f"{short[f]:>8}" for f in MAPPED) + f"{'total':>8}")
+            totals = {g: 0 for g in (LANGUAGE, CONVENTION, GOLD)}
+            for cause, per in table.items():
+                cells = [per.get(f, {"fp": 0, "fn": 0}) for f in MAPPED]
+                total = sum(c["fp"] + c["fn"] for c in cells)
+                totals[CAUSES[cause][0]] += total
+                print(f"  {CAUSES[cause][0]:<11}{cause:<33}"
+                      + "".join(f"{(str(c['fp']) + '/' + str(c['fn'])) if c['fp'] or c['fn'] else '.':>8}" for c in cells)
+                      + f"{total:>8}")
+            print("  " + ", ".join(f"{g} {n}" for g, n in totals.items()) + f"; all {sum(totals.values())}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     labeler = Labeler()
     runs = {}  # name -> (labels, mentions or None, reports/s)
     if args.before:
-        runs["rules before"] = run_tree(Path(args.before), texts, args.repeats)
+        runs["rules before"] = run_tree_clocks(Path(args.before), texts, args.repeats)
     runs["rules"] = (labeler.label_reports(texts), _mention_dicts(labeler, texts),
                      reports_per_second(labeler.label_reports, texts, args.repeats))
     baselines = {"keyword": KeywordBaseline(labeler), "negex": KeywordBaseline(labeler, NEGEX_WINDOW),
@@ -339,10 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     held = held_out(len(texts))
     for name, (pred, mentions, rate) in runs.items():
-        results[name] = {"reports": len(texts), "scores": score(gold, pred), "reports_per_s": round(rate, 1)}
+        results[name] = {"reports": len(texts), "scores": score(gold, pred),
+                         "reports_per_s": {k: round(v, 1) for k, v in rate.items()}}
         if mentions is not None:
-            results[name]["mistakes"] = {"develop": error_categories(texts, gold, pred, mentions, ~held),
-                                         "held_out": error_categories(texts, gold, pred, mentions, held)}
+            results[name]["mistakes"] = {"develop": error_causes(texts, gold, pred, mentions, ~held),
+                                         "held_out": error_causes(texts, gold, pred, mentions, held)}
     print_table(results)
     print_mistakes(results)
     write_json(args.out, {

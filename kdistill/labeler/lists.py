@@ -88,6 +88,114 @@ def _phrase_parts(phrase: str) -> tuple[str, bool]:
     return body + right, phrase[0].isalnum()
 
 
+_LITERAL_FIRST = frozenset(";,&/'\"-")
+_MAX_ALTERNATIVES = 64
+
+
+def _group_end(src: str, i: int) -> int:
+    """``src[i] == "("`` -> the index of its closing ")" (escapes and classes skipped), or -1."""
+    depth, j, in_class = 0, i, False
+    while j < len(src):
+        c = src[j]
+        if c == "\\":
+            j += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return j
+        j += 1
+    return -1
+
+
+def _split_alternatives(src: str) -> list[str]:
+    """A regex source split at its top-level "|"."""
+    parts, depth, j, start, in_class = [], 0, 0, 0, False
+    while j < len(src):
+        c = src[j]
+        if c == "\\":
+            j += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c in "()":
+            depth += 1 if c == "(" else -1
+        elif c == "|" and depth == 0:
+            parts.append(src[start:j])
+            start = j + 1
+        j += 1
+    return parts + [src[start:]]
+
+
+def literal_first(src: str) -> list[tuple[str, str]] | None:
+    """Regex source -> the same regex as ordered alternatives ``(first literal character,
+    rest)``, or None when some match may start otherwise.  A leading ``(?:a|b)`` or
+    ``(?:a|b)?`` group is distributed over what follows: ``(?:ng|og)[\\s-]+tube`` ->
+    ``n`` + ``g[\\s-]+tube``, ``o`` + ``g[\\s-]+tube``, the order (and so the
+    preference) of an alternation kept: ``(?:x)?y`` tries ``xy`` before ``y``, as the
+    greedy ``?`` does."""
+    if not src:
+        return None
+    c = src[0]
+    if c == "\\":
+        return [(src[:2], src[2:])] if len(src) > 1 and not src[1].isalnum() else None
+    if c.isalnum() or c in _LITERAL_FIRST:
+        return None if src[1:2] and src[1] in "?*+{" else [(c, src[1:])]
+    if not src.startswith("(?:"):
+        return None
+    end = _group_end(src, 0)
+    if end < 0:
+        return None
+    inner, after = src[3:end], src[end + 1:]
+    optional = after[:1] == "?" and after[1:2] not in ("?", "+")
+    if after[:1] in ("*", "+", "{") or (after[:1] == "?" and not optional):
+        return None
+    after = after[1:] if optional else after
+    out: list[tuple[str, str]] = []
+    for alternative in _split_alternatives(inner) + ([""] if optional else []):
+        sub = literal_first(alternative + after)
+        if sub is None:
+            return None
+        out += sub
+    return out if len(out) <= _MAX_ALTERNATIVES else None
+
+
+def _scan_source(cores: list[tuple[str, bool]]) -> str:
+    """Phrase regexes (core, needs a left word boundary), in order of preference -> one scan
+    regex grouped by first character: ``a(?<!\\w.)(?:telecta\\w*|...)|c(?<!\\w.)(?:...)``.
+    Groups start with different characters, so at any position at most one can match and
+    the order inside a group is the order of preference: the scan finds exactly what the
+    plain alternation ``(?<!\\w)(?:A|B|...)`` finds.  Every alternative starting with a
+    literal lets the regex engine skip positions by a character set, and test one group per
+    position instead of every phrase.  When some phrase has no literal first character the
+    plain alternation is the scan."""
+    groups: dict[str, list[tuple[str, bool]]] = {}
+    for core, left in cores:
+        alternatives = literal_first(core)
+        if alternatives is None:
+            word_start = [c for c, lb in cores if lb]
+            other = [f"(?:{c})" for c, lb in cores if not lb]
+            plain = ([r"(?<!\w)(?:" + "|".join(word_start) + ")"] if word_start else []) + other
+            return "|".join(plain) or r"(?!x)x"
+        for first, rest in alternatives:
+            groups.setdefault(first, []).append((rest, left))
+    sources = []
+    for first, rests in groups.items():
+        if all(left for _, left in rests):  # one lookbehind for the group: no word before it
+            sources.append(first + r"(?<!\w.)(?:" + "|".join(rest for rest, _ in rests) + ")")
+        else:
+            sources.append(first + "(?:" + "|".join((r"(?<!\w.)" if left else "") + rest for rest, left in rests) + ")")
+    return "|".join(sources) or r"(?!x)x"
+
+
 def phrase_to_regex(phrase: str) -> str:
     """One list entry -> a regex source matching it on word boundaries."""
     core, left = _phrase_parts(phrase)
@@ -97,23 +205,33 @@ def phrase_to_regex(phrase: str) -> str:
 class PhraseSet:
     """Many tagged phrases scanned as one regex: leftmost match, longest phrase first.
 
-    The scan regex carries no capture groups and factors the left word boundary out, so the
-    regex engine's fast first-character checks apply to every branch (named groups per
-    phrase made it ten times slower).  ``tag`` finds which phrase matched, cached by text.
+    The scan regex carries no capture groups and is grouped by first character (see
+    ``_scan_source``), so the regex engine tries one group per text position, not every
+    phrase (named groups per phrase made it ten times slower).  ``tag`` finds which phrase matched, cached by text.
+
+    ``gate``: a regex of the literal text every phrase starts with (a plain phrase's first
+    word up to its ``*``, a regex's literal head), with no word boundary, so the engine's
+    literal-prefix search applies; a text it finds nothing in holds no phrase and is not
+    scanned at all (most reports mention no pneumothorax, fracture or consolidation).  None
+    when some phrase has no literal head (``re:\\w*scolio\\w*``): every text is scanned.
     """
 
     def __init__(self, entries: list[tuple[str, str]], where: Path | str = "<phrases>"):
         parts = [(tag, phrase, *_phrase_parts(phrase)) for tag, phrase in entries]
         parts.sort(key=lambda p: -len(p[2]))
-        word_start = [core for _, _, core, left in parts if left]
-        other = [f"(?:{core})" for _, _, core, left in parts if not left]
-        sources = ([r"(?<!\w)(?:" + "|".join(word_start) + ")"] if word_start else []) + other
-        self.scan = _compile("|".join(sources) or r"(?!x)x", Path(where), "phrases")
+        self.scan = _compile(_scan_source([(core, left) for _, _, core, left in parts]), Path(where), "phrases")
         self._each = [(tag, _compile(phrase_to_regex(phrase), Path(where), repr(phrase))) for tag, phrase, _, _ in parts]
         self._cache: dict[tuple[str, str], str] = {}
+        heads = [literal_heads(core) for _, _, core, _ in parts]
+        self.gate = None
+        if heads and all(heads):
+            alternatives = sorted({h for hs in heads for h in hs}, key=lambda h: (-len(h), h))
+            self.gate = _compile("|".join(map(re.escape, alternatives)), Path(where), "phrase heads")
 
     def finditer(self, low: str):
         """-> (start, end, tag) for each non-overlapping match."""
+        if self.gate is not None and self.gate.search(low) is None:
+            return
         for m in self.scan.finditer(low):
             start, end = m.span()
             yield start, end, self.tag(low, start, end)
@@ -134,6 +252,51 @@ class PhraseSet:
                 self._cache.clear()
             self._cache[key] = tag
         return tag
+
+
+_MAX_HEADS = 64
+
+
+def literal_heads(source: str) -> list[str] | None:
+    """The literal texts one of which every match of regex ``source`` starts with, or None
+    when a match may start with something else (a class, ``\\w*``, an optional part).  A
+    necessary condition only: "enlarge(?:d|ment)" -> ["enlarge"], "(?:ng|og)[\\s-]+tube" ->
+    ["ng", "og"]."""
+    from re import _constants as C, _parser  # the stdlib's own parser: exact for any pattern
+
+    def heads(ops) -> list[str] | None:
+        prefix = []
+        for op, arg in ops:
+            if op is C.LITERAL:
+                prefix.append(chr(arg))
+                continue
+            if op in (C.ASSERT, C.ASSERT_NOT, C.AT) and prefix:
+                break  # a lookaround or boundary after the head adds nothing to it
+            if op is C.SUBPATTERN and arg[3]:
+                tails = heads(arg[3])
+            elif op is C.BRANCH:
+                tails = []
+                for alternative in arg[1]:
+                    sub = heads(alternative)
+                    if sub is None:
+                        tails = None
+                        break
+                    tails += sub
+            elif op is C.IN and all(o is C.LITERAL for o, _ in arg):
+                tails = [chr(a) for _, a in arg]
+            else:
+                tails = None
+            if tails is None:
+                break
+            start = "".join(prefix)
+            return [start + t for t in tails] if len(tails) <= _MAX_HEADS else ([start] if start else None)
+        return ["".join(prefix)] if prefix else None
+
+    try:
+        found = heads(_parser.parse(source))
+    except Exception:  # an unusual construct: no gate, the full scan decides
+        return None
+    return found if found and all(found) else None
 
 
 def _read_yaml(path: Path) -> Any:

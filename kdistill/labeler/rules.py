@@ -11,7 +11,9 @@ decisions come from surface scope rules, with no parser:
   "heart size is normal"), counted in words; a trigger first with a reach of a few words
   (an adjective: "normal", "enlarged", "stable") stops at a comma ("heart size mildly
   enlarged for technique, stable mediastinal contours"), one reaching "all" does not ("no
-  consolidation, effusion, or pneumothorax");
+  consolidation, effusion, or pneumothorax"), except into a comma item that opens with its own
+  degree or course ("no pneumothorax, moderate right effusion", "possible pneumonia, small
+  right pleural effusion": ``_PRESENCE_ITEM``); parentheses are clause breaks too;
 * a trigger after the mention is a predicate, and reaches the mention when the mention is part
   of its subject: the text between them reads as a list of short noun phrases (split at commas,
   "and", "or", "/"), then at most the first verb and the trigger's ``post`` reach of words
@@ -61,15 +63,26 @@ _SUPPORT_DEVICES = "Support Devices"
 _CHF_TEXTS = ("chf", "heart failure")
 _LISTED_KINDS = ("structure", "negated_only")  # listed bare before a shared predicate
 # The verb that starts a predicate ("heart size and mediastinal contours ARE normal"); auxiliary
-# sequences count as one verb.
+# sequences count as one verb ("appears be": dictation drops the "to").
 _VERB = re.compile(
-    r"\b(?:(?:has|have|had)\s+been|is\s+being|(?:appears?|appeared|seems?|seemed)\s+to\s+be|"
+    r"\b(?:(?:has|have|had)\s+been|is\s+being|(?:appears?|appeared|seems?|seemed)\s+(?:to\s+)?be|"
+    r"(?:is|are|was|were)\s+(?:again\s+|also\s+|now\s+|still\s+)?(?:noted|seen|thought|felt|believed|shown)\s+to\s+be|"
     r"is|are|was|were|be|been|has|have|had|appears?|appeared|remains?|remained|seems?|looks?|"
     r"measures?|shows?|demonstrates?)\b"
 )
 _LIST_SEPARATOR = re.compile(r",|/|&|\b(?:and|or|nor|as\s+well\s+as)\b")
 _CONJUNCTION = re.compile(r"\b(?:and|or|nor)\b|&")
+_ITEM_CONJUNCTION = re.compile(r",\s*(?:and|or|nor|and/or|as\s+well\s+as)\b")  # ", or pneumothorax": still the list
 _MAX_ITEM_WORDS = 4  # a list item is a short noun phrase ("visualized upper abdomen")
+# A comma item that opens with a degree or course states a finding of its own, out of the
+# reach of a negation or hedge before the comma: "no pneumothorax, moderate right effusion",
+# "possible pneumonia, small right pleural effusion".  ("large", "significant", "focal" stay
+# inside negated lists: "no consolidation, pneumothorax, or large pleural effusion".)
+_PRESENCE_ITEM = re.compile(
+    r",\s*(?:(?:a|an)\s+)?(?:small|moderate|moderately|mild|mildly|minimal|minimally|trace|tiny|slight|slightly|"
+    r"stable|unchanged|persistent|persisting|residual|increasing|increased|decreasing|decreased|improving|improved|"
+    r"worsening|worsened|enlarging|resolving|moderate[\s-]+sized|small[\s-]+to[\s-]+moderate)\b"
+)
 
 
 @dataclass(frozen=True)
@@ -211,12 +224,17 @@ class Labeler:
                 continue
             if hit.only is not None and not _kind_matches(hit.only, kind):
                 continue
-            if hit.end <= start and hit.pre is not None:
+            if hit.start < start < hit.end <= end and hit.pre is not None:
+                pass  # the trigger runs into the mention: "normal size of | size of the heart"
+            elif hit.end <= start and hit.pre is not None:
                 # trigger first: "no ... effusion"
                 if _any_between(forward_breaks, hit.end, start):
                     continue
-                if hit.pre < lists.ALL and (_words(low, hit.end, start) > hit.pre or _any_between(commas, hit.end, start)):
+                if hit.pre < lists.ALL and (_words(low, hit.end, start) > hit.pre or (
+                        _any_between(commas, hit.end, start) and not _noun_list_reaches(low, hit, start, cuts, clause))):
                     continue  # a near trigger (an adjective: "enlarged heart") stops at a comma
+                if _any_between(commas, hit.end, start) and _new_comma_item(low, hit.end, _last_before(commas, start)):
+                    continue  # "no pneumothorax, moderate right effusion", "no effusion or pneumothorax, heart enlarged"
             elif hit.start >= end and hit.post is not None:
                 # mention first: "heart size is normal", "A, B and C are normal"
                 if hit.post_only is not None and not _kind_matches(hit.post_only, kind):
@@ -292,6 +310,43 @@ def _kind_matches(wanted: str, kind: str) -> bool:
 def _any_between(sorted_positions: list[int], a: int, b: int) -> bool:
     i = bisect.bisect_left(sorted_positions, a)
     return i < len(sorted_positions) and sorted_positions[i] < b
+
+
+def _noun_list_reaches(low: str, hit: "_TriggerHit", start: int, cuts: list[int], clause: int) -> bool:
+    """Does a near trigger before a list of noun phrases reach a later item of it ("normal heart
+    size, mediastinal contour and pulmonary vascularity")?  The items up to the mention are
+    short and hold no verb, the mention's own item puts at most the trigger's reach of words
+    before it, and the list is closed by "and"/"or" in the clause ("heart size mildly enlarged
+    for technique, stable mediastinal contours" is no list: "enlarged" stops at its comma)."""
+    between = low[hit.end:start]
+    items = _LIST_SEPARATOR.split(between)
+    if any(len(_WORD.findall(item)) > _MAX_ITEM_WORDS for item in items) or _VERB.search(between):
+        return False
+    if len(_WORD.findall(items[-1])) > hit.pre or _PRESENCE_ITEM.match(low, _last_before_in(low, hit.end, start)):
+        return False
+    clause_end = cuts[clause] if clause < len(cuts) else len(low)
+    return _CONJUNCTION.search(low, hit.end, clause_end) is not None
+
+
+def _last_before_in(low: str, a: int, b: int) -> int:
+    """The last comma in ``low[a:b]`` (there is one)."""
+    return low.rindex(",", a, b)
+
+
+def _new_comma_item(low: str, trigger_end: int, comma: int) -> bool:
+    """Does the comma item at ``comma`` (the last comma before a mention) start a statement of
+    its own rather than continue the list a trigger ending at ``trigger_end`` heads?  It does
+    when it opens with its own degree or course (``_PRESENCE_ITEM``), or when the list was
+    closed before the comma ("no pneumothorax or effusion, heart enlarged": "or" before the
+    comma, no conjunction after it)."""
+    if _PRESENCE_ITEM.match(low, comma):
+        return True
+    return _CONJUNCTION.search(low, trigger_end, comma) is not None and _ITEM_CONJUNCTION.match(low, comma) is None
+
+
+def _last_before(sorted_positions: list[int], b: int) -> int:
+    """The last position before ``b`` (there is one)."""
+    return sorted_positions[bisect.bisect_left(sorted_positions, b) - 1]
 
 
 def _words(low: str, a: int, b: int) -> int:
