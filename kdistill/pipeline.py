@@ -45,6 +45,9 @@ class Stage:
     config: str  # the module's config dataclass
     folder: str  # relative to the run folder
     needs: tuple[str, ...] = ()
+    # Optional stages run only when ``stages`` names them (few-shot and active learning are
+    # experiments on the prepared cache, not steps every run wants).
+    default: bool = True
 
 
 STAGES: tuple[Stage, ...] = (
@@ -56,6 +59,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("student", "student.train", "StudentTrainConfig", "student", ("prepared_or_data", "teacher_generate")),
     Stage("eval", "eval.run", "EvalConfig", "eval", ("student",)),
     Stage("explain", "student.explain", "ExplainConfig", "explain", ("student",)),
+    Stage("fewshot", "student.fewshot", "FewShotConfig", "fewshot", ("prepare",), default=False),
+    Stage("active", "student.active", "ActiveConfig", "active", ("prepare",), default=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 # Stages that read report text: skipped on a source without reports (CheXpert, NIH).
@@ -73,7 +78,7 @@ KEY_LIBRARIES = ("torch", "numpy", "accelerate", "transformers", "tokenizers", "
 class RunConfig:
     name: str = "run"
     seed: int = 0
-    stages: list[str] | None = None  # None: all, in order
+    stages: list[str] | None = None  # None: every default stage, in order (fewshot and active only when named)
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     prepare: dict[str, Any] = dataclasses.field(default_factory=dict)
     teacher_pretrain: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -82,6 +87,8 @@ class RunConfig:
     student: dict[str, Any] = dataclasses.field(default_factory=dict)
     eval: dict[str, Any] = dataclasses.field(default_factory=dict)
     explain: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fewshot: dict[str, Any] = dataclasses.field(default_factory=dict)
+    active: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
         for name in self.stages or ():
@@ -159,7 +166,7 @@ def _run_locked(run_cfg: RunConfig, run_dir: Path, source: str, force: bool) -> 
                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     write_text_atomic(run_dir / "config.yaml", _yaml(cfglib.to_dict(run_cfg)))
     ctx = RunContext(run_dir=run_dir, name=run_cfg.name, seed=run_cfg.seed)
-    wanted = run_cfg.stages or list(STAGE_NAMES)
+    wanted = run_cfg.stages or [s.name for s in STAGES if s.default]
     hashes: dict[str, str] = {}
     status: dict[str, str] = {}
     started = time.time()

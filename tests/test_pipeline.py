@@ -117,3 +117,43 @@ def test_interrupted_stage_of_the_same_config_keeps_its_partial_outputs(tmp_path
     pipeline.run(RunConfig(name="t"), tmp_path)
     assert seen == [False, True]  # the rerun found what the interrupted run had written
     assert json.loads((tmp_path / "prepared" / ".stage.json").read_text())["state"] == "done"
+
+
+def test_optional_stages_run_only_when_named(tmp_path, fake_stages, monkeypatch):
+    calls = fake_stages
+    monkeypatch.setitem(sys.modules, "_fake_stage.f", _make_stage_module("_fake_stage.f", "fewshot", calls))
+    stages = pipeline.STAGES + (Stage("fewshot", "_fake_stage.f", "StageConfig", "fewshot", ("prepare",), default=False),)
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    result = pipeline.run(RunConfig(name="t"), tmp_path)
+    assert result["stages"]["fewshot"] == "not selected" and "_fake_stage.f" not in calls
+    assert not (tmp_path / "fewshot").exists()
+    calls.clear()
+    result = pipeline.run(RunConfig(name="t", stages=["data", "prepare", "fewshot"]), tmp_path)
+    assert result["stages"]["fewshot"] == "done" and (tmp_path / "fewshot" / "out.txt").is_file()
+
+
+def test_fewshot_and_active_are_pipeline_stages_on_the_prepared_cache(tmp_path):
+    """A real run: data -> prepare -> fewshot -> active on a tiny phantom; each writes its results
+    into its own folder, and a second run skips both as up to date."""
+    from student.synthetic import TINY_MODEL
+
+    cfg = RunConfig(
+        name="t", stages=["data", "prepare", "fewshot", "active"],
+        data={"phantom": {"n_studies": 240, "image_size": 64, "corpus_mb": 0.0}},
+        prepare={"size": 32, "workers": 1},
+        fewshot={"model": dict(TINY_MODEL), "ways": [2], "shots": [1], "queries": 2, "train_shots": 1,
+                 "max_steps": 2, "eval_episodes": 6, "num_threads": 1},
+        active={"model": dict(TINY_MODEL), "strategies": ["random", "entropy"], "seed_size": 10, "acquire": 10,
+                "budget": 10, "max_steps": 2, "batch_size": 8, "num_threads": 1},
+    )
+    result = pipeline.run(cfg, tmp_path)
+    assert result["stages"] == {"data": "done", "prepare": "done", "teacher_pretrain": "not selected",
+                                "teacher_train": "not selected", "teacher_generate": "not selected",
+                                "student": "not selected", "eval": "not selected", "explain": "not selected",
+                                "fewshot": "done", "active": "done"}
+    few = json.loads((tmp_path / "fewshot" / "results.json").read_text())
+    assert [(r["ways"], r["shots"], r["episodes"]) for r in few["results"]] == [(2, 1, 6)]
+    assert result["outputs"]["fewshot"]["results"] == few["results"]
+    assert (tmp_path / "active" / "curve.csv").is_file()
+    again = pipeline.run(cfg, tmp_path)
+    assert again["stages"]["fewshot"] == pipeline.UP_TO_DATE and again["stages"]["active"] == pipeline.UP_TO_DATE
