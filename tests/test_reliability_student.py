@@ -284,3 +284,23 @@ def test_rationale_cache_bad_shard_foreign_folder_and_a_second_writer(tmp_path):
     assert [p.name for p in user.iterdir()] == ["dataset"]
     with pytest.raises(LockedError.__mro__[1]):  # released after the refusal: a new writer may come
         cache.check_metadata(user, {"teacher_id": "t"}, force=True)
+
+
+def test_a_student_folder_that_maps_its_tokenizer_to_its_own_code_never_runs_it(checkpoint):
+    """A checkpoint's tokenizer_config.json with an ``auto_map`` to a Python file of the folder
+    (which would write a marker when imported): ``student.load`` refuses it or loads the plain
+    tokenizer, and the file never runs (the student has no trust_remote_code switch at all)."""
+    marker = checkpoint / "MARKER"
+    (checkpoint / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('remote code ran')\n"
+        "from transformers import PreTrainedTokenizerFast\nclass EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    config_path = checkpoint / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}
+    config_path.write_text(json.dumps(config))
+    try:
+        model = student.load(checkpoint)
+        assert type(model.tokenizer).__name__ != "EvilTokenizer"
+    except DataError as err:
+        assert "tokenizer" in str(err)
+    assert not marker.exists()
