@@ -225,11 +225,26 @@ class StudentModel(nn.Module):
         rationale_ids: torch.Tensor | None = None,
         rationale_mask: torch.Tensor | None = None,
         with_embedding: bool = False,
+        with_features: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Teacher-forced pass. ``*_ids`` are full sequences (B, L); logits predict ids[:, 1:]."""
-        tokens = self.encode_image(images)
+        """Teacher-forced pass. ``*_ids`` are full sequences (B, L); logits predict ids[:, 1:].
+        ``with_features`` adds ``features``, the tower's output at its Grad-CAM point
+        (``gradcam_target``) that the logits were computed from, and ``feature_reshape`` (None, or
+        the tower's ``cam_reshape`` from ViT tokens to (B, C, h, w)): what the Grad-CAM Dice loss needs."""
+        if with_features:
+            captured: list[torch.Tensor] = []
+            hook = self.visual.feature_map.register_forward_hook(lambda _m, _i, o: captured.append(o))
+            try:
+                tokens = self.encode_image(images)
+            finally:
+                hook.remove()
+        else:
+            tokens = self.encode_image(images)
         logits, maps, states = self.classify(tokens)
         out = {"logits": logits, "maps": maps}
+        if with_features:
+            out["features"] = captured[-1]
+            out["feature_reshape"] = self.visual.cam_reshape
         if report_ids is None and rationale_ids is None:
             return out
         if self.decoder is None:
