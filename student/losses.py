@@ -299,11 +299,11 @@ def student_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], w
         if w["ha"]:
             values["ha"] = halign_loss(out["maps"], masks, valid, weights.ha_penalty)
         if w["gcam_dice"]:
-            if "features" not in out:
+            if "cam_features" not in out:
                 raise ValueError("loss.gcam_dice > 0 needs the model's features (forward with_features=True)")
             if torch.is_grad_enabled():
-                values["gcam_dice"] = gcam_dice_loss(out["features"], out["logits"], masks, valid,
-                                                     out.get("feature_reshape"))
+                cam = out["cam_features"]
+                values["gcam_dice"] = gcam_dice_loss(cam.features, out["logits"], masks, valid, cam.reshape)
             else:  # validation: Grad-CAM needs gradients; the term is left out of the loss there
                 values["gcam_dice"] = out["logits"].sum() * 0.0
     if w["dal"]:

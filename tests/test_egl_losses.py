@@ -180,7 +180,7 @@ def test_gcam_dice_trains_the_tower_of_a_real_tiny_student():
     model = create_student(cfglib.from_dict(StudentConfig, TINY_MODEL))
     images = torch.rand(2, 1, 32, 32)
     out = model(images, with_features=True)
-    assert out["features"].requires_grad
+    assert out["cam_features"].features.requires_grad
     batch = _batch(grid=model.grid)
     w = LossWeights(cls=0, rep=0, kd=0, emb=0, gcam_dice=1)
     loss, terms = student_loss(out, batch, w)
