@@ -225,16 +225,16 @@ def main(argv=None) -> int:
         table[key] = row
     print(f"\nEGL vs shortcut: seeds {args.seeds}, {args.steps} steps, batch {args.batch_size}, n_train {args.n_train}, "
           f"n_eval {args.n_eval}, shortcut {args.finding} strength {s} (reversed {1 - s:.1f}); mean (sd) over seeds, "
-          f"[paired diff vs plain]")
+          f"[paired diff vs plain ± its sd over seeds]")
     cols = ("auc_reversed", "gap", "energy", "marker_mass", "auc_noise")
-    print(f"{'variant':<26}" + "".join(f"{c:>24}" for c in cols))
+    print(f"{'variant':<22}" + "".join(f"{c:>28}" for c in cols))
     for key, row in table.items():
         cells = []
         for c in cols:
             r = row[c]
-            d = "" if key == "plain" else f" [{r['paired_diff_vs_plain']:+.3f}]"
+            d = "" if key == "plain" else f" [{r['paired_diff_vs_plain']:+.3f}±{r['paired_diff_sd']:.3f}]"
             cells.append(f"{r['mean']:.3f} ({r['sd']:.3f}){d}")
-        print(f"{key:<26}" + "".join(f"{c:>24}" for c in cells))
+        print(f"{key:<22}" + "".join(f"{c:>28}" for c in cells))
     area = next((v["marker_area"] for by in runs.values() for v in by.values() if not math.isnan(v["marker_area"])), math.nan)
     print(f"marker area share (a uniform map's marker_mass): {area:.4f}; wall {time.time() - started:.0f} s")
     result = {"benchmark": "egl", "seeds": args.seeds, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,

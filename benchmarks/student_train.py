@@ -137,7 +137,7 @@ def main(argv=None) -> int:
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if args.egl:
-        return _egl(args, model, opt, batches, augment_cfg, device, source, region_report)
+        return _egl(args, model, opt, batches, augment_cfg, device, source, region_report, loader_ips)
     full_w = LossWeights()
     cls_w = LossWeights(rep=0, kd=0, emb=0)
     # both steps with the config's augmentation (it runs on the batch, inside the step)
@@ -200,7 +200,7 @@ def _dal_cost(classes: int, grid: tuple[int, int], batch: int, device, repeats: 
     return out
 
 
-def _egl(args, model, opt, batches, augment_cfg, device, source, region_report) -> int:
+def _egl(args, model, opt, batches, augment_cfg, device, source, region_report, loader_ips: float) -> int:
     """The EGL terms' cost on top of the config's full step, measured in one run, interleaved."""
     import dataclasses
 
@@ -226,6 +226,9 @@ def _egl(args, model, opt, batches, augment_cfg, device, source, region_report) 
         "regions": region_report,
         "steps_per_s_best": {k: round(v, 3) for k, v in best.items()},
         "step_time_ratio_vs_full": ratios,  # time with the term / time without
+        # the loader with region masks (collate, no model) over the step with every EGL term
+        "data_loader_images_per_s": round(loader_ips, 1),
+        "data_loader_over_egl_step": round(loader_ips / (best["+ ha + dal + gcam_dice"] * args.batch_size), 2),
         "dal_cost": dal,
         "python": platform.python_version(), "torch": torch.__version__,
     }
@@ -234,6 +237,7 @@ def _egl(args, model, opt, batches, augment_cfg, device, source, region_report) 
     print(f"{'step':<28}{'steps/s':>10}{'time ratio':>12}")
     for k in variants:
         print(f"{k:<28}{best[k]:>10.2f}{ratios[k]:>12.3f}")
+    print(f"data loader with regions / step with every EGL term = {result['data_loader_over_egl_step']:.2f}")
     for d in dal:
         print(f"L_DAL {d['classes']:>2} classes: {d['ms_fwd_bwd']:.3f} ms fwd+bwd, intermediates {d['intermediate_bytes'] / 1024:.1f} KiB"
               + (f", CUDA peak +{d['cuda_peak_extra_bytes'] / 1024:.1f} KiB" if "cuda_peak_extra_bytes" in d else ""))
