@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--prepared")
     p.add_argument("--tokenizer")
     p.add_argument("--rationales")
+    p.add_argument("--rounds", type=int, default=3, help="--egl: interleaved rounds (the best of them counts)")
     p.add_argument("--egl", action="store_true", help="measure the EGL terms' cost (see the module docstring)")
     p.add_argument("--out", default=None, help="JSON result (default benchmarks/results/student_train[_egl].json)")
     args = p.parse_args(argv)
@@ -211,7 +212,7 @@ def _egl(args, model, opt, batches, augment_cfg, device, source, region_report, 
                 "+ dal": dataclasses.replace(base, dal=0.1), "+ gcam_dice": dataclasses.replace(base, gcam_dice=0.5),
                 "+ ha + dal + gcam_dice": dataclasses.replace(base, ha=1.0, dal=0.1, gcam_dice=0.5)}
     rates: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(3):  # interleaved rounds: a drifting machine load hits every variant alike
+    for _ in range(args.rounds):  # interleaved rounds: a drifting machine load hits every variant alike
         for name, w in variants.items():
             rates[name].append(_steps_per_s(model, opt, batches, w, augment_cfg, args.steps, device))
     best = {k: max(v) for k, v in rates.items()}
@@ -222,7 +223,7 @@ def _egl(args, model, opt, batches, augment_cfg, device, source, region_report, 
         "benchmark": "student_train_egl",
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(),
         "cpu_threads": torch.get_num_threads(), "data": source, "image_size": list(model.image_size),
-        "map_grid": list(grid), "batch_size": args.batch_size, "steps": args.steps, "rounds": 3,
+        "map_grid": list(grid), "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
         "regions": region_report,
         "steps_per_s_best": {k: round(v, 3) for k, v in best.items()},
         "step_time_ratio_vs_full": ratios,  # time with the term / time without
