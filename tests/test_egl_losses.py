@@ -333,7 +333,6 @@ def _energy_in_region(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tens
     return float(((m * r).sum(-1) / m.sum(-1).clamp_min(1e-12)).mean())
 
 
-@pytest.mark.slow
 def test_ha_on_real_nih_radiographs_moves_the_maps_into_the_expert_boxes(tmp_path):
     """NIH ChestX-ray14 thumbnails with NIH / ChestX-Det expert boxes: a few steps of L_HA lower it,
     and the class maps' energy inside the boxes of the training studies rises above the untrained
