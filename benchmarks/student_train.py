@@ -2,6 +2,11 @@
 same tower, and the data loader against the model.
 
     .venv/bin/python benchmarks/student_train.py [--n 256] [--batch-size 32] [--steps 8] [--size 128]
+    .venv/bin/python benchmarks/student_train.py --egl [--config configs/demo.yaml] [--threads 1]
+
+``--egl``: the cost of explanation-guided learning: one full step (the config's recipe) against the
+same step plus each EGL term (loss.ha, loss.dal, loss.gcam_dice, all three), as ratios, and L_DAL's
+time (forward + backward) and memory for 14 vs 50 classes; writes benchmarks/results/student_train_egl.json.
 
 Data are synthetic (student.synthetic: prepared-cache columns at --size px, a BPE tokenizer, a
 rationale cache), or the real ones with --prepared/--tokenizer/--rationales. Prints a table and
@@ -34,6 +39,8 @@ def _steps_per_s(model, optimizer, batches, weights, augment_cfg, steps, device)
         if weights.kd or weights.emb:
             inputs.update(rationale_ids=batch["rationale_ids"], rationale_mask=batch["rationale_mask"],
                           with_embedding=bool(weights.emb))
+        if weights.gcam_dice:
+            inputs["with_features"] = True
         out = model(**inputs)
         loss, _ = student_loss(out, batch, weights)
         loss.backward()
@@ -69,8 +76,11 @@ def main(argv=None) -> int:
     p.add_argument("--prepared")
     p.add_argument("--tokenizer")
     p.add_argument("--rationales")
-    p.add_argument("--out", default="benchmarks/results/student_train.json")
+    p.add_argument("--rounds", type=int, default=3, help="--egl: interleaved rounds (the best of them counts)")
+    p.add_argument("--egl", action="store_true", help="measure the EGL terms' cost (see the module docstring)")
+    p.add_argument("--out", default=None, help="JSON result (default benchmarks/results/student_train[_egl].json)")
     args = p.parse_args(argv)
+    args.out = args.out or ("benchmarks/results/student_train_egl.json" if args.egl else "benchmarks/results/student_train.json")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -93,7 +103,7 @@ def main(argv=None) -> int:
         rat = load_rationales(args.rationales, STUDENT_COLUMNS)
         source = args.prepared
     else:
-        prep = make_prepared(args.n, 16, size=args.size)
+        prep = make_prepared(args.n, 16, size=args.size, rois=args.egl)
         tok = make_tokenizer(prep)
         rat = make_rationales(prep)
         source = f"synthetic n={args.n} size={args.size}"
@@ -110,7 +120,9 @@ def main(argv=None) -> int:
     mcfg.teacher_embed_dim = int(ds.teacher_embedding.shape[1])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = create_student(mcfg, tok).to(device).train()
-    collate = Collate(model.tokens, model.image_size, mcfg.max_text_len, with_rationales=True)
+    if args.egl:
+        region_report = ds.attach_regions(model.grid)
+    collate = Collate(model.tokens, model.image_size, mcfg.max_text_len, with_rationales=True, grid=model.grid)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                                          num_workers=args.workers, drop_last=True)
 
@@ -125,6 +137,8 @@ def main(argv=None) -> int:
     loader_ips = n_img / (time.perf_counter() - t)
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if args.egl:
+        return _egl(args, model, opt, batches, augment_cfg, device, source, region_report, loader_ips)
     full_w = LossWeights()
     cls_w = LossWeights(rep=0, kd=0, emb=0)
     # both steps with the config's augmentation (it runs on the batch, inside the step)
@@ -157,6 +171,77 @@ def main(argv=None) -> int:
     print(f"{'classification-only step':<34}{cls_ips:>12.1f}")
     print(f"full / classification-only = {result['ratios']['full_over_classification_only']:.3f}   "
           f"loader / full step = {result['ratios']['data_loader_over_full_step']:.2f}")
+    out = Path(args.out)
+    cfglib.write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _dal_cost(classes: int, grid: tuple[int, int], batch: int, device, repeats: int = 20) -> dict[str, float]:
+    """L_DAL forward + backward on random maps (batch, classes, *grid): ms per call, and the bytes of
+    its intermediates (the normalised maps and the (B, K, K) Gram matrix; on CUDA the measured peak)."""
+    from student.losses import dal_loss
+
+    maps = torch.rand(batch, classes, *grid, device=device, requires_grad=True)
+    dal_loss(maps).backward()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        maps.grad = None
+        dal_loss(maps).backward()
+    _sync(device)
+    ms = (time.perf_counter() - t) / repeats * 1e3
+    analytic = 4 * (batch * classes * grid[0] * grid[1] + batch * classes * classes)
+    out = {"classes": classes, "ms_fwd_bwd": round(ms, 3), "intermediate_bytes": analytic}
+    if device.type == "cuda":
+        out["cuda_peak_extra_bytes"] = int(torch.cuda.max_memory_allocated() - base)
+    return out
+
+
+def _egl(args, model, opt, batches, augment_cfg, device, source, region_report, loader_ips: float) -> int:
+    """The EGL terms' cost on top of the config's full step, measured in one run, interleaved."""
+    import dataclasses
+
+    from student.losses import LossWeights
+
+    base = LossWeights()
+    variants = {"full step": base, "+ ha": dataclasses.replace(base, ha=1.0),
+                "+ dal": dataclasses.replace(base, dal=0.1), "+ gcam_dice": dataclasses.replace(base, gcam_dice=0.5),
+                "+ ha + dal + gcam_dice": dataclasses.replace(base, ha=1.0, dal=0.1, gcam_dice=0.5)}
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.rounds):  # interleaved rounds: a drifting machine load hits every variant alike
+        for name, w in variants.items():
+            rates[name].append(_steps_per_s(model, opt, batches, w, augment_cfg, args.steps, device))
+    best = {k: max(v) for k, v in rates.items()}
+    ratios = {k: round(best["full step"] / v, 3) for k, v in best.items()}
+    grid = tuple(model.grid)
+    dal = [_dal_cost(k, grid, args.batch_size, device) for k in (14, 50)]
+    result = {
+        "benchmark": "student_train_egl",
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(),
+        "cpu_threads": torch.get_num_threads(), "data": source, "image_size": list(model.image_size),
+        "map_grid": list(grid), "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
+        "regions": region_report,
+        "steps_per_s_best": {k: round(v, 3) for k, v in best.items()},
+        "step_time_ratio_vs_full": ratios,  # time with the term / time without
+        # the loader with region masks (collate, no model) over the step with every EGL term
+        "data_loader_images_per_s": round(loader_ips, 1),
+        "data_loader_over_egl_step": round(loader_ips / (best["+ ha + dal + gcam_dice"] * args.batch_size), 2),
+        "dal_cost": dal,
+        "python": platform.python_version(), "torch": torch.__version__,
+    }
+    print(f"EGL cost ({result['device']}, {result['cpu_threads']} threads, batch {args.batch_size}, "
+          f"{model.image_size[0]}px, map grid {grid}, {source})")
+    print(f"{'step':<28}{'steps/s':>10}{'time ratio':>12}")
+    for k in variants:
+        print(f"{k:<28}{best[k]:>10.2f}{ratios[k]:>12.3f}")
+    print(f"data loader with regions / step with every EGL term = {result['data_loader_over_egl_step']:.2f}")
+    for d in dal:
+        print(f"L_DAL {d['classes']:>2} classes: {d['ms_fwd_bwd']:.3f} ms fwd+bwd, intermediates {d['intermediate_bytes'] / 1024:.1f} KiB"
+              + (f", CUDA peak +{d['cuda_peak_extra_bytes'] / 1024:.1f} KiB" if "cuda_peak_extra_bytes" in d else ""))
     out = Path(args.out)
     cfglib.write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -174,6 +174,46 @@ class StudyDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.study_ids)
 
+    def attach_regions(self, grid: tuple[int, int]) -> dict[str, Any]:
+        """Read the expert regions (the prepared cache's ``roi_bits``) as soft masks at the finding
+        maps' ``grid`` (``kdistill.saliency.regions.region_masks``), once, so each item carries
+        ``region_masks`` (14, h, w) and ``has_region`` (14,). Kept sparse: only studies with a region
+        hold masks (float16). Called only when a loss needs regions. Returns (and logs once) the
+        counts: studies with regions, regions of findings not labelled positive (ignored by the
+        losses), the findings with no region anywhere in this split (their region terms skip)."""
+        from kdistill.labels import FINDINGS
+        from kdistill.saliency.regions import region_masks
+
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.regions: dict[int, np.ndarray] = {}
+        has = np.zeros((len(self), len(FINDINGS)), dtype=bool)
+        if "roi_bits" not in self._split.column_names:
+            log.warning("%s: the prepared cache has no roi_bits: no expert regions, the region losses are 0",
+                        self.split_name)
+        else:
+            for start in range(0, len(self), 256):
+                rows = list(range(start, min(start + 256, len(self))))
+                bits = read_batch(self._split, rows, ["roi_bits"])["roi_bits"]
+                if not np.asarray(bits).any():
+                    continue
+                masks, flags = region_masks(bits, self.grid)
+                for r, i in enumerate(rows):
+                    if bool(flags[r].any()):
+                        self.regions[i] = masks[r].numpy().astype(np.float16)
+                        has[i] = flags[r].numpy()
+        self.has_region = has
+        positive = (self.targets == 1) & (self.target_mask > 0)
+        missing = [FINDINGS[j] for j in range(len(FINDINGS)) if not has[:, j].any()]
+        report = {"studies_with_regions": len(self.regions), "region_pairs": int((has & positive).sum()),
+                  "regions_not_positive_ignored": int((has & ~positive).sum()), "findings_without_regions": missing}
+        log.info("%s: %d of %d studies have expert regions; %d (study, finding) regions train the region losses, "
+                 "%d regions of findings not labelled positive are ignored", self.split_name, len(self.regions),
+                 len(self), report["region_pairs"], report["regions_not_positive_ignored"])
+        if missing:
+            log.warning("%s: no expert region anywhere for %s: their region terms are skipped", self.split_name,
+                        ", ".join(missing))
+        return report
+
     @property
     def has_rationale(self) -> np.ndarray:
         return np.array([t is not None for t in self.rationale_tokens], dtype=bool)
@@ -201,6 +241,9 @@ class StudyDataset(torch.utils.data.Dataset):
         }
         if self.teacher_embedding is not None:
             item["teacher_embedding"] = self.teacher_embedding[i]
+        if getattr(self, "has_region", None) is not None:
+            item["has_region"] = self.has_region[i]
+            item["region_masks"] = self.regions.get(i)
         return item
 
 
@@ -230,7 +273,9 @@ def to_float_images(images: Sequence[np.ndarray | torch.Tensor], size: tuple[int
 class Collate:
     """List of items -> one batch of tensors for the model and the loss."""
 
-    def __init__(self, spec: TokenSpec, image_size: tuple[int, int], max_len: int, with_rationales: bool):
+    def __init__(self, spec: TokenSpec, image_size: tuple[int, int], max_len: int, with_rationales: bool,
+                 grid: tuple[int, int] | None = None):
+        self.grid = grid  # the finding maps' grid: region masks of a batch without any region
         self.spec = spec
         self.image_size = image_size
         self.max_len = max_len
@@ -245,6 +290,14 @@ class Collate:
             "targets": torch.from_numpy(np.stack([it["targets"] for it in items])),
             "target_mask": torch.from_numpy(np.stack([it["target_mask"] for it in items])),
         }
+        if "has_region" in items[0]:  # the region losses are on (StudyDataset.attach_regions)
+            shape = next((it["region_masks"].shape for it in items if it["region_masks"] is not None), None)
+            batch["has_region"] = torch.from_numpy(np.stack([it["has_region"] for it in items]))
+            if shape is None:
+                shape = (batch["has_region"].shape[1], *(self.grid or (1, 1)))
+            batch["region_masks"] = torch.from_numpy(np.stack(
+                [it["region_masks"] if it["region_masks"] is not None else np.zeros(shape, np.float16)
+                 for it in items]).astype(np.float32))
         if self.spec is None:  # a student without text (a dataset without reports)
             return batch
         # Explaining first, each report is written after its study's (teacher) rationale.

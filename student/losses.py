@@ -7,12 +7,24 @@ L = w_cls * masked BCE                          (findings; mask from the uncerta
             (projected to the teacher's size) and the teacher's rationale embedding
   + w_tok * token-level KD: KL from the teacher's cached top-k next-token distribution to the
             student's, at every rationale position (needs a cache generated with topk > 0)
-Another term (an explanation-guided loss on the finding maps) joins by adding its name to
-``LossWeights`` and its value to the dict ``combine`` sums.
+  + w_ha  * H-EGL's alignment L_HA: penalised Dice of each labelled-positive finding's class map
+            vs its expert region (``halign_loss``)
+  + w_dal * H-EGL's discriminative attention L_DAL: mean pairwise cosine of an image's class maps
+            (``dal_loss``)
+  + w_gcam_dice * EGxFSL's Grad-CAM Dice vs the expert region (``gcam_dice_loss``)
+Another term joins by adding its name to ``LossWeights`` and its value to the dict ``combine`` sums.
+
+The region terms (ha, gcam_dice) use the batch's ``region_masks`` (B, 14, h, w) at the map grid and
+``has_region`` (B, 14) (``student.data.StudyDataset.attach_regions``); a (study, finding) pair counts
+when it has a region and the finding is labelled positive (target 1, label kept); a region of a finding
+labelled otherwise is ignored (the dataset counts those). ``egl_pair_counts`` gives how many pairs
+(images for dal) each term averages over, so the training loop can make a multi-process run average
+over the pairs of the whole global batch (``student.train``), exactly as one process would.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,16 +41,30 @@ class LossWeights:
     tok: float = 0.0  # token-level KD; the demo cache stores no top-k (conclusion_first reorders the text)
     temperature: float = 0.1  # InfoNCE temperature of the feature-KD term
     tok_temperature: float = 1.0  # softening of both distributions in the token-level KD term
+    ha: float = 0.0  # H-EGL L_HA (needs expert regions in the prepared cache)
+    dal: float = 0.0  # H-EGL L_DAL
+    gcam_dice: float = 0.0  # EGxFSL Grad-CAM Dice (needs expert regions)
+    ha_penalty: float = 1.0  # lambda of L_HA: weight of the map's mass outside the region
+    dal_classes: Literal["all", "positives"] = "all"  # L_DAL over all 14 maps or the positives only
 
     def validate(self) -> None:
-        for name in ("cls", "rep", "kd", "emb", "tok"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"loss weight {name} must be >= 0")
+        for name in ("cls", "rep", "kd", "emb", "tok", "ha", "dal", "gcam_dice", "ha_penalty"):
+            value = getattr(self, name)
+            if not value >= 0:  # also refuses NaN
+                raise ValueError(f"loss weight {name} must be >= 0, got {value}")
         if self.temperature <= 0 or self.tok_temperature <= 0:
             raise ValueError("temperature and tok_temperature must be positive")
+        if self.dal_classes not in ("all", "positives"):
+            raise ValueError(f"dal_classes must be 'all' or 'positives', got {self.dal_classes!r}")
 
     def terms(self) -> dict[str, float]:
-        return {"cls": self.cls, "rep": self.rep, "kd": self.kd, "emb": self.emb, "tok": self.tok}
+        return {"cls": self.cls, "rep": self.rep, "kd": self.kd, "emb": self.emb, "tok": self.tok,
+                "ha": self.ha, "dal": self.dal, "gcam_dice": self.gcam_dice}
+
+    @property
+    def needs_regions(self) -> bool:
+        """Whether the batch must carry region masks (L_HA, Grad-CAM Dice)."""
+        return self.ha > 0 or self.gcam_dice > 0
 
 
 def classification_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -133,9 +159,99 @@ def gcam_dice_loss(features: torch.Tensor, logits: torch.Tensor, masks: torch.Te
         grad = grad if reshape is None else reshape(grad)
         cam = normalise_maps(cam_from_gradients(act[rows].float(), grad[rows].float()))
         n = int(rows.sum())
-        total = total + soft_dice_loss(cam[:, None], masks[rows, j][:, None], torch.ones(n, 1, dtype=torch.bool)) * n
+        total = total + soft_dice_loss(cam[:, None], masks[rows, j][:, None],
+                                       torch.ones(n, 1, dtype=torch.bool, device=cam.device)) * n
         pairs += n
     return total / pairs
+
+
+def halign_loss(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, penalty: float = 1.0,
+                eps: float = 1e-6) -> torch.Tensor:
+    """H-EGL's human-AI alignment loss L_HA (arXiv 2510.12704): a penalised Dice loss between each
+    valid (study, finding) pair's class map and its expert region, averaged over the valid pairs.
+
+    For a map m >= 0 (B, K, h, w; the class-query attention, any scale) and soft region r in [0, 1]
+    at the same grid (``kdistill.saliency.regions.region_masks``)::
+
+        m^ = (m - min m) / (max m - min m + 1e-7)                        (per map; normalise_maps)
+        L_HA(b, k) = 1 - (2 sum(m^ r) + eps) / (sum(m^) + sum(r) + eps)      (soft Dice on m^)
+                     + penalty * sum(m (1 - r)) / (sum(m) + eps)           (mass outside the region)
+
+    The paper describes L_HA as a Dice loss with a penalty on attribution outside the expert box;
+    its exact penalty form could not be read, so this one (the share of the raw map's mass outside
+    the region, weighted by ``penalty``) is ours. A map equal to its region scores 0 (Dice 1, no
+    mass outside). Exactly 0 with the graph kept (DDP) when no pair is valid; an all-zero map gives
+    1 + 0 and a finite gradient."""
+    from kdistill.saliency.base import normalise_maps
+
+    if not bool(valid.any()):
+        return maps.sum() * 0.0
+    b, k, h, w = maps.shape
+    m = maps.float().clamp_min(0.0)
+    mhat = normalise_maps(m.reshape(b * k, h, w)).reshape(b, k, h, w)
+    dice = soft_dice_loss(mhat, masks, valid, eps)
+    if not penalty:
+        return dice
+    mv, rv = m[valid].flatten(1), masks[valid].flatten(1).float()
+    outside = (mv * (1.0 - rv)).sum(-1) / (mv.sum(-1) + eps)
+    return dice + penalty * outside.mean()
+
+
+def dal_loss(maps: torch.Tensor, classes: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+    """H-EGL's discriminative attention loss L_DAL (arXiv 2510.12704): the mean pairwise cosine
+    similarity between the class maps of one image, averaged over images.
+
+    Each map (B, K, h, w) is flattened and L2-normalised (a zero map stays zero), G = M M^T the
+    (K, K) Gram matrix of one image, and with ``classes`` (B, K) bool the maps taken (None: all K)
+    and n = their number, L_DAL(b) = (sum_{i != j in classes} G_ij) / (n (n - 1)), all pairs at
+    once (no loop over pairs). Images with n < 2 are left out; exactly 0 (graph kept) when none is
+    left. Maps are non-negative, so L_DAL is in [0, 1]: 0 when the maps look at disjoint places."""
+    b, k = maps.shape[:2]
+    flat = maps.float().flatten(2)
+    unit = flat / flat.norm(dim=-1, keepdim=True).clamp_min(eps)
+    sel = torch.ones(b, k, dtype=unit.dtype, device=unit.device) if classes is None else classes.to(unit.dtype)
+    n = sel.sum(-1)
+    keep = n >= 2
+    if not bool(keep.any()):
+        return maps.sum() * 0.0
+    gram = unit @ unit.transpose(1, 2)  # (B, K, K)
+    off = torch.einsum("bi,bij,bj->b", sel, gram, sel) - (sel * torch.diagonal(gram, dim1=1, dim2=2)).sum(-1)
+    per_image = off[keep] / (n[keep] * (n[keep] - 1))
+    return per_image.mean()
+
+
+def positive_pairs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, 14) bool: the finding is labelled positive (target 1 with its label kept)."""
+    return (batch["targets"] == 1) & (batch["target_mask"] > 0)
+
+
+def region_pairs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, 14) bool: the (study, finding) pairs the region terms train on (positive with a region)."""
+    if "has_region" not in batch:
+        return torch.zeros_like(batch["targets"], dtype=torch.bool)
+    return batch["has_region"].to(batch["targets"].device) & positive_pairs(batch)
+
+
+def dal_classes_of(batch: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor | None:
+    return positive_pairs(batch) if weights.dal_classes == "positives" else None
+
+
+def egl_pair_counts(batch: dict[str, torch.Tensor], weights: LossWeights) -> dict[str, float]:
+    """How many (study, finding) pairs (L_DAL: images) each EGL term with weight > 0 averages over
+    in this batch; from the batch alone (no forward needed)."""
+    counts: dict[str, float] = {}
+    if weights.ha or weights.gcam_dice:
+        n = float(region_pairs(batch).sum())
+        if weights.ha:
+            counts["ha"] = n
+        if weights.gcam_dice:
+            counts["gcam_dice"] = n
+    if weights.dal:
+        if weights.dal_classes == "positives":
+            counts["dal"] = float((positive_pairs(batch).sum(-1) >= 2).sum())
+        else:
+            counts["dal"] = float(len(batch["targets"]))
+    return counts
 
 
 def combine(values: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
@@ -150,8 +266,11 @@ def combine(values: dict[str, torch.Tensor], weights: dict[str, float]) -> torch
     return total
 
 
-def student_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """All terms for one batch (those with weight > 0), and their weighted sum."""
+def student_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossWeights,
+                 scales: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """All terms for one batch (those with weight > 0), and their weighted sum. ``scales``: a factor
+    per term applied in the sum only (the training loop's global-batch normalisation of the EGL
+    terms under several processes); the returned terms are unscaled."""
     w = weights.terms()
     values: dict[str, torch.Tensor] = {}
     if w["cls"]:
@@ -172,4 +291,24 @@ def student_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], w
             values["tok"] = topk_kl(out["rationale_logits"], batch["rationale_topk_ids"][:, 1:],
                                     batch["rationale_topk_logprobs"][:, 1:], batch["rationale_topk_mask"][:, 1:],
                                     weights.tok_temperature)
+    if w["ha"] or w["gcam_dice"]:
+        if "region_masks" not in batch:
+            raise ValueError("loss.ha / loss.gcam_dice > 0 need the batch's region_masks (StudyDataset.attach_regions)")
+        valid = region_pairs(batch)
+        masks = batch["region_masks"]
+        if w["ha"]:
+            values["ha"] = halign_loss(out["maps"], masks, valid, weights.ha_penalty)
+        if w["gcam_dice"]:
+            if "cam_features" not in out:
+                raise ValueError("loss.gcam_dice > 0 needs the model's features (forward with_features=True)")
+            if torch.is_grad_enabled():
+                cam = out["cam_features"]
+                values["gcam_dice"] = gcam_dice_loss(cam.features, out["logits"], masks, valid, cam.reshape)
+            else:  # validation: Grad-CAM needs gradients; the term is left out of the loss there
+                values["gcam_dice"] = out["logits"].sum() * 0.0
+    if w["dal"]:
+        values["dal"] = dal_loss(out["maps"], dal_classes_of(batch, weights))
+    if scales:
+        scaled = {k: v * scales[k] if k in scales else v for k, v in values.items()}
+        return combine(scaled, w), values
     return combine(values, w), values

@@ -19,7 +19,7 @@ from student.config import StudentConfig
 from student.text import TokenSpec
 from student.towers import CONFIG_DIR, build_tower
 
-__all__ = ["CONFIG_DIR", "FindingQueryDecoder", "ReportDecoder", "StudentModel", "create_student"]
+__all__ = ["CONFIG_DIR", "CamFeatures", "FindingQueryDecoder", "ReportDecoder", "StudentModel", "create_student"]
 
 
 # ----------------------------------------------------------------------------- finding heads
@@ -155,6 +155,17 @@ def _block_repeated_ngrams(scores: torch.Tensor, generated: torch.Tensor, n: int
 
 # ----------------------------------------------------------------------------- the student
 
+@dataclasses.dataclass
+class CamFeatures:
+    """The feature map the finding logits were computed from (``features``: NCHW, or ViT tokens
+    that ``reshape`` turns into (B, C, h, w)). A plain class on purpose: DDP passes the output's
+    tensors (pytree leaves, lists, dicts) through its sink function, which would hand the loss a
+    copy the logits do not depend on; an object it does not know stays untouched."""
+
+    features: torch.Tensor
+    reshape: Any = None
+
+
 class StudentModel(nn.Module):
     """Tower, finding heads and (with a tokenizer) the report decoder. Without a tokenizer (a
     dataset without reports: NIH, CheXpert) the student is its finding heads only: ``has_text``
@@ -225,11 +236,25 @@ class StudentModel(nn.Module):
         rationale_ids: torch.Tensor | None = None,
         rationale_mask: torch.Tensor | None = None,
         with_embedding: bool = False,
+        with_features: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Teacher-forced pass. ``*_ids`` are full sequences (B, L); logits predict ids[:, 1:]."""
-        tokens = self.encode_image(images)
+        """Teacher-forced pass. ``*_ids`` are full sequences (B, L); logits predict ids[:, 1:].
+        ``with_features`` adds ``cam_features`` (``CamFeatures``): the tower's output at its Grad-CAM
+        point (``gradcam_target``) that the logits were computed from, and the tower's
+        ``cam_reshape``: what the Grad-CAM Dice loss needs."""
+        if with_features:
+            captured: list[torch.Tensor] = []
+            hook = self.visual.feature_map.register_forward_hook(lambda _m, _i, o: captured.append(o))
+            try:
+                tokens = self.encode_image(images)
+            finally:
+                hook.remove()
+        else:
+            tokens = self.encode_image(images)
         logits, maps, states = self.classify(tokens)
         out = {"logits": logits, "maps": maps}
+        if with_features:
+            out["cam_features"] = CamFeatures(captured[-1], self.visual.cam_reshape)
         if report_ids is None and rationale_ids is None:
             return out
         if self.decoder is None:

@@ -49,8 +49,23 @@ def make_images(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     return np.clip(imgs, 0, 255).astype(np.uint8)
 
 
-def make_prepared(n_train: int = 32, n_val: int = 16, size: int = 32, seed: int = 0):
-    """A datasets.DatasetDict with the prepared cache's columns (train, validate, test)."""
+def make_rois(labels: np.ndarray, size: int) -> np.ndarray:
+    """The prepared cache's ``roi_bits`` (n, size, size) uint16 for ``make_images``: bit f set on
+    finding f's square wherever f is labelled positive (its true region)."""
+    n = labels.shape[0]
+    bits = np.zeros((n, size, size), dtype=np.uint16)
+    step = size // 4
+    for i in range(n):
+        for f in range(NUM_FINDINGS):
+            if labels[i, f] == 1:
+                r, c = divmod(f, 4)
+                bits[i, r * step:(r + 1) * step, c * step:(c + 1) * step] |= np.uint16(1 << f)
+    return bits
+
+
+def make_prepared(n_train: int = 32, n_val: int = 16, size: int = 32, seed: int = 0, rois: bool = False):
+    """A datasets.DatasetDict with the prepared cache's columns (train, validate, test); with
+    ``rois`` also ``roi_bits``, the true region of every positive finding (``make_rois``)."""
     import datasets
 
     out = {}
@@ -58,7 +73,9 @@ def make_prepared(n_train: int = 32, n_val: int = 16, size: int = 32, seed: int 
         labels = make_labels(n, seed + 10 * k)
         imgs = make_images(labels, size, seed + 10 * k)
         texts = [_report(l) for l in labels]
+        columns = {"roi_bits": [b for b in make_rois(labels, size)]} if rois else {}
         out[name] = datasets.Dataset.from_dict({
+            **columns,
             "study_id": [str(50000000 + 1000 * k + i) for i in range(n)],
             "subject_id": [str(10000000 + i) for i in range(n)],
             "view": ["PA"] * n,

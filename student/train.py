@@ -145,7 +145,10 @@ def setup(cfg: StudentTrainConfig, out_dir: str | Path, prepared, tokenizer, rat
     wrong_size = {name: ds.count_wrong_size(model.image_size) for name, ds in (("train", data.train), ("validate", data.validate))}
     if any(wrong_size.values()):
         log.warning("images not %dx%d are resized on the fly: %s", *model.image_size, wrong_size)
-    collate = Collate(model.tokens, model.image_size, data.model_cfg.max_text_len, cfg.needs_rationales)
+    if cfg.loss.needs_regions:  # only then: no cost for the other recipes
+        for ds in (data.train, data.validate):
+            ds.attach_regions(model.grid)
+    collate = Collate(model.tokens, model.image_size, data.model_cfg.max_text_len, cfg.needs_rationales, model.grid)
     sampler = EpochSampler(len(data.train), seed)
     train_dl = DataLoader(data.train, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=cfg.num_workers, drop_last=True)
@@ -309,7 +312,7 @@ def _train_step(run: Run, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str
         batch["images"] = augment(batch["images"], cfg.augment, g)
     with accelerator.accumulate(model):
         out = model(**_model_inputs(batch, cfg))
-        loss, terms = student_loss(out, batch, cfg.loss)
+        loss, terms = student_loss(out, batch, cfg.loss, _global_pair_scales(run, batch))
         _check_finite(run, loss, batch)
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.clip_grad > 0:
@@ -360,6 +363,23 @@ def _after_step(run: Run, window: "RunningMeans", bar) -> bool:
     return stop or state.step >= cfg.max_steps
 
 
+def _global_pair_scales(run: Run, batch) -> dict[str, float] | None:
+    """Under several processes, a factor per EGL term so that DDP's average of the processes'
+    gradients is the gradient of the mean over the global batch's (study, finding) pairs, as one
+    process on the whole batch gives: local pairs * processes / global pairs (0 where none)."""
+    from student.losses import egl_pair_counts
+
+    accelerator = run.accelerator
+    counts = egl_pair_counts(batch, run.cfg.loss)
+    if accelerator.num_processes == 1 or not counts:
+        return None
+    names = sorted(counts)
+    local = torch.tensor([counts[k] for k in names], dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(local.clone(), "sum")
+    p = accelerator.num_processes
+    return {k: float(local[i] * p / total[i]) if float(total[i]) > 0 else 0.0 for i, k in enumerate(names)}
+
+
 def _check_finite(run: Run, loss: torch.Tensor, batch) -> None:
     """Every process agrees on stopping when any has a non-finite loss; the message names its studies."""
     accelerator, state, out_dir = run.accelerator, run.state, run.out_dir
@@ -380,6 +400,8 @@ def _check_finite(run: Run, loss: torch.Tensor, batch) -> None:
 
 def _model_inputs(batch: dict[str, Any], cfg: StudentTrainConfig) -> dict[str, Any]:
     inputs = {"images": batch["images"]}
+    if cfg.loss.gcam_dice:
+        inputs["with_features"] = True
     if cfg.loss.rep:
         inputs["report_ids"] = batch["report_ids"]
     if cfg.needs_rationales:

@@ -15,7 +15,7 @@ from kdistill.training import Checkpoints, set_num_threads
 from student import checkpoint as ckpt
 from student.train_config import StudentTrainConfig
 
-LOG_COLUMNS = ("step", "epoch", "lr", "loss", "cls", "rep", "kd", "emb", "tok", "val_loss", "val_micro_auc",
+LOG_COLUMNS = ("step", "epoch", "lr", "loss", "cls", "rep", "kd", "emb", "tok", "ha", "dal", "gcam_dice", "val_loss", "val_micro_auc",
                "val_macro_auc", "images_per_s")
 
 

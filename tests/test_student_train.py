@@ -219,8 +219,8 @@ def test_nan_loss_stops_with_step_and_studies_and_keeps_the_best_checkpoint(toy,
     real = train_mod.student_loss
     calls = {"train": 0}
 
-    def poisoned(out, batch, weights):
-        loss, terms = real(out, batch, weights)
+    def poisoned(out, batch, weights, scales=None):
+        loss, terms = real(out, batch, weights, scales)
         if torch.is_grad_enabled():  # training steps only, not validation
             calls["train"] += 1
             if calls["train"] == 3:
