@@ -12,6 +12,7 @@ import numpy as np
 
 from kdistill.io import atomic_path
 from kdistill.labels import FINDINGS
+from kdistill.saliency.regions import finding_mask
 from student.explain.paths import inside, study_folder
 from student.explain.saliency import FigureInputs, SaliencyMethod, colour_bar, colour_scale, map_figures, overlay
 from student.explain.texts import complete_sentences
@@ -50,8 +51,11 @@ def reference_of(label: float | None) -> tuple[str | None, bool | None]:
 
 def build_record(study: StudyInputs, out_dir: Path, probs: np.ndarray, decisions: np.ndarray,
                  thresholds: np.ndarray, maps: np.ndarray, method: SaliencyMethod, report: str, rationale: str,
-                 figures: list[str], model=None, model_input=None, steps: int = 10) -> dict[str, Any]:
-    """Write the study's PNGs into its own folder under ``out_dir`` and return its record."""
+                 figures: list[str], model=None, model_input=None, steps: int = 10,
+                 figures_on: str = "positive") -> dict[str, Any]:
+    """Write the study's PNGs into its own folder under ``out_dir`` and return its record.
+    ``figures_on``: "positive" computes the map figures for findings decided or labelled positive
+    only, "all" for every drawn map."""
     folder_name = study_folder(study.study_id, study.label)
     folder = inside(out_dir, out_dir / folder_name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,8 +74,9 @@ def build_record(study: StudyInputs, out_dir: Path, probs: np.ndarray, decisions
         row = {"name": name, "probability": round(float(probs[j]), 4), "threshold": round(float(thresholds[j]), 4),
                "decision": bool(decisions[j]), "reference": word, "agreement": agreement, "map": None}
         if j in drawn:
-            row["map"] = _draw_map(out_dir, folder, shown, maps[j], scale, j, bool(decisions[j]), study, figures,
-                                   model, model_input, steps)
+            wanted = figures_on == "all" or bool(decisions[j]) or word == "positive"
+            row["map"] = _draw_map(out_dir, folder, shown, maps[j], scale, j, bool(decisions[j]), study,
+                                   figures if wanted else [], model, model_input, steps)
         rows.append(row)
     return {
         "study_id": study.study_id,
@@ -96,7 +101,7 @@ def _draw_map(out_dir: Path, folder: Path, shown: np.ndarray, saliency: np.ndarr
               j: int, decided: bool, study: StudyInputs, figures: list[str], model, model_input,
               steps: int) -> dict[str, Any]:
     """Write finding ``j``'s overlay (muted when it is not decided positive) and compute its figures."""
-    region = None if study.regions is None else ((np.asarray(study.regions).astype(np.int64) >> j) & 1).astype(bool)
+    region = None if study.regions is None else finding_mask(np.asarray(study.regions)[None], j)[0]
     file = f"map_{FINDINGS[j].lower().replace(' ', '_')}.png"
     _save_png(out_dir, folder / file, overlay(shown, _resize(saliency, shown.shape), scale, muted=not decided))
     peak = float(saliency.max())
