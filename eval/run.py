@@ -253,14 +253,12 @@ def evaluate_checkpoint(checkpoint: Path, ref: ReferenceSet, out_dir: Path, cfg:
 def _saliency_metrics(checkpoint: Path, ref: ReferenceSet, out_dir: Path, cfg: EvalConfig, seed: int,
                       notes: list[str]) -> dict[str, float | str]:
     """The student's saliency scored against the split's regions, prefixed with the split."""
-    if cfg.saliency.enabled and cfg.saliency.methods and ref.roi_bits is not None:
+    def load_model():
         import student
 
-        model = student.load(checkpoint)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    else:
-        model = None
-    found, more = score_student_saliency(model, ref, cfg.saliency, seed=seed, out_dir=out_dir)
+        return student.load(checkpoint)
+
+    found, more = score_student_saliency(load_model, ref, cfg.saliency, seed=seed, out_dir=out_dir)
     notes.extend(more)
     return {f"{ref.split}/{k}": v for k, v in found.items()}
 

@@ -29,6 +29,7 @@ with the region's outline, then each method's map with the same outline and its 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -120,7 +121,8 @@ def _method_maps(method, model, images, finding: int, batch: int) -> np.ndarray:
 def score_student_saliency(model: Any, ref: ReferenceSet, cfg: SaliencyEvalConfig, seed: int = 0,
                            out_dir: Path | None = None) -> tuple[dict[str, float | str], list[str]]:
     """Saliency metrics (unprefixed names, ``saliency/...``) and notes for the summary; writes the
-    gallery into ``out_dir`` when given."""
+    gallery into ``out_dir`` when given. ``model``: the model, or a function returning it (called
+    only when there is something to score)."""
     from kdistill.saliency.methods import saliency_method
 
     if not cfg.enabled or not cfg.methods:
@@ -137,6 +139,8 @@ def score_student_saliency(model: Any, ref: ReferenceSet, cfg: SaliencyEvalConfi
     chosen = pairs[:cfg.max_pairs_localisation] if cfg.max_pairs_localisation else pairs
     costly = set(range(min(cfg.max_pairs, len(chosen))))
     rows = sorted({r for r, _ in chosen})
+    if inspect.isfunction(model) or inspect.ismethod(model):
+        model = model()  # a loader: the checkpoint is read only when there are pairs to score
     size = tuple(int(v) for v in getattr(model, "image_size", (0, 0)))
     images, bits = _model_inputs(ref, rows, size, cfg.batch_size)
     where = {r: i for i, r in enumerate(rows)}
@@ -193,6 +197,7 @@ def score_student_saliency(model: Any, ref: ReferenceSet, cfg: SaliencyEvalConfi
              f"(sigma {cfg.noise_sigma:g}) and shift ({cfg.shift_px} px) robustness and the model-randomisation check. "
              "Chance = the score of a uniform map (the region's share of the image)."]
     if out_dir is not None and cfg.gallery and gallery_maps:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         shown = sorted(k for k in range(min(cfg.gallery, len(chosen))))
         plot_gallery([images[where[chosen[k][0]], 0].numpy() for k in shown],
                      [masks_from_roi_bits(bits[where[chosen[k][0]]][None], chosen[k][1])[0][0] for k in shown],
