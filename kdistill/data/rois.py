@@ -183,10 +183,12 @@ def import_vindr(csv_path: str | Path, out: str | Path) -> dict[str, Any]:
             "unmapped": dict(unmapped)}
 
 
-def import_chestx_det(json_path: str | Path, out: str | Path, image_size: tuple[int, int] = (1024, 1024)) -> dict[str, Any]:
+def import_chestx_det(json_path: str | Path, out: str | Path, image_size: tuple[int, int] = (1024, 1024),
+                      masks: bool = True) -> dict[str, Any]:
     """ChestX-Det JSON -> rois.jsonl plus mask PNGs (polygons) under ``masks/`` beside ``out``.
 
-    ``image_size`` is (width, height) of the images the coordinates refer to."""
+    ``image_size`` is (width, height) of the images the coordinates refer to; ``masks=False``
+    keeps the boxes only (no PNG per region: the polygons are not rasterised)."""
     json_path, out = Path(json_path), Path(out)
     try:
         entries = json.loads(json_path.read_text(encoding="utf-8"))
@@ -199,7 +201,7 @@ def import_chestx_det(json_path: str | Path, out: str | Path, image_size: tuple[
     mask_dir = out.parent / "masks"
     records: list[dict[str, Any]] = []
     unmapped: collections.Counter[str] = collections.Counter()
-    masks = 0
+    n_masks = 0
     for n, entry in enumerate(entries):
         where = f"entry {n}"
         if not isinstance(entry, dict) or "file_name" not in entry:
@@ -220,14 +222,14 @@ def import_chestx_det(json_path: str | Path, out: str | Path, image_size: tuple[
             if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
                 raise DataError(json_path, f"{where} ({entry['file_name']}): bad box {boxes[k]} for {sym!r}")
             mask_rel = None
-            if polygons and polygons[k]:
+            if masks and polygons and polygons[k]:
                 mask_file = mask_dir / f"{image_id}_{k}_{finding.replace(' ', '_')}.png"
                 _write_polygon_mask(polygons[k], image_size, mask_file, json_path, where)
                 mask_rel = os.path.relpath(mask_file, out.parent)
-                masks += 1
+                n_masks += 1
             records.append(roi_to_json(image_id, Roi(finding, image_id, tuple(box), mask_rel)))
     _write_jsonl(records, out)
-    return {"format": "chestx-det", "images": len(entries), "written": len(records), "masks": masks,
+    return {"format": "chestx-det", "images": len(entries), "written": len(records), "masks": n_masks,
             "unmapped": dict(unmapped)}
 
 
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data import-rois")
     parser.add_argument("--format", required=True, choices=("vindr", "chestx-det"), help="annotation format")
     parser.add_argument("input", help="VinDr annotations CSV or ChestX-Det JSON")
     parser.add_argument("--out", required=True, help="output rois.jsonl (masks go to masks/ beside it)")
+    parser.add_argument("--boxes-only", action="store_true",
+                        help="ChestX-Det: keep the boxes, do not rasterise the polygons into mask PNGs")
     parser.add_argument("--image-size", default="1024x1024",
                         help="WIDTHxHEIGHT of the images, for rasterising ChestX-Det polygons (default 1024x1024)")
     args = parser.parse_args(argv)
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data import-rois")
             width, height = (int(v) for v in args.image_size.lower().split("x"))
         except ValueError:
             parser.error(f"--image-size must be WIDTHxHEIGHT, got {args.image_size!r}")
-        summary = import_chestx_det(args.input, args.out, (width, height))
+        summary = import_chestx_det(args.input, args.out, (width, height), masks=not args.boxes_only)
     print(f"wrote {summary['written']} regions to {args.out}")
     for key, value in summary.items():
         if key not in ("written", "unmapped"):
