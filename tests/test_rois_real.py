@@ -97,3 +97,38 @@ def test_chestx_det_real_annotations(split, tmp_path, capsys):
     ys, xs = np.nonzero(mask)
     x0, y0, x1, y1 = first.box
     assert x0 - 1 <= xs.min() and xs.max() <= x1 + 1 and y0 - 1 <= ys.min() and ys.max() <= y1 + 1
+
+
+def test_chestx_det_regions_reach_nih_studies_through_an_id_map(tmp_path, capsys):
+    """ChestX-Det's numbered images are NIH frames: mapped to NIH names (``--id-map``) its regions
+    load with ``data.source: nih`` from ROOT/rois.jsonl, and equal the sample's own ChestX-Det
+    boxes (boxes.csv, in the 64x64 frame: 1024 / 16)."""
+    from kdistill.data.sources import open_source
+
+    sample = REAL / "nih_64"
+    with (sample / "labels.csv").open(newline="") as fh:
+        labels = list(csv.DictReader(fh))
+    id_map = tmp_path / "ids.csv"
+    id_map.write_text("chestx_det,nih\n" + "".join(f"{r['chestx_det_id']},{Path(r['image']).name}\n"
+                                                    for r in labels if r["chestx_det_id"]))
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("labels.csv", "images"):  # not boxes.csv: every region below comes from rois.jsonl
+        (root / name).symlink_to(sample / name)
+    parts = []
+    for split in ("train", "test"):
+        out = tmp_path / f"{split}.jsonl"
+        assert main(["--format", "chestx-det", str(REAL / "annotations" / "chestx_det" / f"ChestX_Det_{split}.json"),
+                     "--out", str(out), "--boxes-only", "--id-map", str(id_map)]) == 0
+        assert "regions_not_in_id_map" in capsys.readouterr().out
+        parts.append(out.read_text())
+    (root / "rois.jsonl").write_text("".join(parts))
+    studies = open_source("nih", root).load_studies(views=None, check_images=False)
+    got = sorted((s.study_id, r.finding, *(round(v / 16, 2) for v in r.box)) for s in studies for r in s.rois)
+    with (sample / "boxes.csv").open(newline="") as fh:
+        want = sorted((Path(b["image"]).stem, CHESTX_DET_MAP[b["label"].lower()],
+                       *(float(b[k]) for k in ("x1", "y1", "x2", "y2")))
+                      for b in csv.DictReader(fh) if b["source"] == "chestx_det" and b["label"].lower() in CHESTX_DET_MAP)
+    assert len(got) == len(want) > 100
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    assert np.allclose([g[2:] for g in got], [w[2:] for w in want], atol=0.011)
