@@ -56,7 +56,7 @@ class SaliencyEvalConfig:
     # pairs for deletion/insertion, robustness and randomisation (each costs tens of forward passes)
     max_pairs: int = 16
     # pairs for the localisation metrics (one map each); None: every pair of the split
-    max_pairs_localisation: int | None = 256
+    max_pairs_localisation: int | None = 64
     steps: int = 10  # deletion/insertion steps from 0 % to 100 % of the pixels
     random_orders: int = 1  # random pixel orders for the deletion/insertion reference
     noise_sigma: float = 0.05  # H-EGL's robustness noise, on [0, 1] images
