@@ -300,7 +300,9 @@ def run_stage(cfg: EvalConfig, ctx) -> dict:
 
 _HEADLINE_KEYS = {"auc_micro_14", "baseline/constant_prevalence/auc_micro_14", "auc_macro_14", "auc_micro_5", "f1_micro_14", "bleu_4", "rouge_l", "cider_d",
                   "chexbert_f1/micro_14", "chexpert_rules_f1/micro_14", "chexbert_f1/macro_14",
-                  "chexpert_rules_f1/macro_14", "noise_0.05/auc_micro_14", "rationale_consistency/f1"}
+                  "chexpert_rules_f1/macro_14", "noise_0.05/auc_micro_14", "rationale_consistency/f1",
+                  "saliency/attention/energy_pointing_game", "saliency/attention/chance_energy",
+                  "saliency/gradcam/energy_pointing_game", "saliency/fused/energy_pointing_game"}
 
 
 def _maybe(build: Callable[[], ReferenceSet]) -> ReferenceSet | None:

@@ -113,9 +113,12 @@ def _model_inputs(ref: ReferenceSet, rows: Sequence[int], size: tuple[int, int],
     return torch.as_tensor(images, dtype=torch.float32)[:, None], bits
 
 
-def _method_maps(method, model, images, finding: int, batch: int) -> np.ndarray:
-    return np.concatenate([np.asarray(method(model, images[s:s + batch], finding), dtype=np.float64)
-                           for s in range(0, len(images), batch)])
+def _method_maps(method, model, images, findings: np.ndarray, batch: int) -> np.ndarray:
+    """Maps (n, H, W) of image i for finding ``findings[i]``, ``batch`` images per call."""
+    import torch
+
+    return np.concatenate([np.asarray(method(model, images[s:s + batch], torch.as_tensor(findings[s:s + batch])),
+                                      dtype=np.float64) for s in range(0, len(images), batch)])
 
 
 def score_student_saliency(model: Any, ref: ReferenceSet, cfg: SaliencyEvalConfig, seed: int = 0,
@@ -137,8 +140,10 @@ def score_student_saliency(model: Any, ref: ReferenceSet, cfg: SaliencyEvalConfi
         out["skipped/saliency"] = "no study of the split has a labelled-positive finding with an expert region"
         return out, []
     chosen = pairs[:cfg.max_pairs_localisation] if cfg.max_pairs_localisation else pairs
-    costly = set(range(min(cfg.max_pairs, len(chosen))))
+    costly = range(min(cfg.max_pairs, len(chosen)))
     rows = sorted({r for r, _ in chosen})
+    import torch
+
     if inspect.isfunction(model) or inspect.ismethod(model):
         model = model()  # a loader: the checkpoint is read only when there are pairs to score
     size = tuple(int(v) for v in getattr(model, "image_size", (0, 0)))
@@ -148,49 +153,39 @@ def score_student_saliency(model: Any, ref: ReferenceSet, cfg: SaliencyEvalConfi
     bench_costly = SaliencyBenchConfig(steps=cfg.steps, random_orders=cfg.random_orders, noise_sigma=cfg.noise_sigma,
                                        shift_px=cfg.shift_px, randomisation=cfg.randomisation, seed=seed,
                                        batch_size=max(cfg.batch_size, 64))
-    gallery_maps: dict[str, dict[int, np.ndarray]] = {}
+    # every pair in one batch, each image with its own finding (the methods, the perturbation curves
+    # and the randomisation check take one finding index per image)
+    at = [where[r] for r, _ in chosen]
+    found = np.asarray([f for _, f in chosen])
+    x = images[at]
+    one = np.int64(1) << found[:, None, None]
+    target = (bits[at] & one) > 0
+    other = (bits[at] & ~one) > 0
+    sub = sorted(costly)
+    gallery_maps: dict[str, list[np.ndarray]] = {}
     for name in cfg.methods:
         method = saliency_method(name, window=cfg.window)
-        per: dict[str, list[np.ndarray]] = {}
-        finding_scores: dict[int, dict[str, list[np.ndarray]]] = {}
-        seconds, n_maps = 0.0, 0
-        gallery_maps[name] = {}
-        for j in sorted({f for _, f in chosen}):
-            idx = [k for k, (_, f) in enumerate(chosen) if f == j]
-            at = [where[chosen[k][0]] for k in idx]
-            x = images[at]
-            target, other = masks_from_roi_bits(bits[at], j)
-            start = time.perf_counter()
-            maps = _method_maps(method, model, x, j, cfg.batch_size)
-            seconds += time.perf_counter() - start
-            n_maps += len(at)
-            local = saliency_benchmark(model, x, target, j, method, other_masks=other, config=bench_local, maps=maps)
-            for metric in LOCALISATION:
-                if f"{metric}_per_sample" in local:
-                    per.setdefault(metric, []).append(local[f"{metric}_per_sample"])
-                    finding_scores.setdefault(j, {}).setdefault(metric, []).append(local[f"{metric}_per_sample"])
-            sub = [i for i, k in enumerate(idx) if k in costly]
-            if sub:
-                deep = saliency_benchmark(model, x[sub], target[sub], j, method, other_masks=other[sub],
-                                          config=bench_costly, maps=maps[sub])
-                for metric in COSTLY:
-                    if f"{metric}_per_sample" in deep:
-                        per.setdefault(metric, []).append(deep[f"{metric}_per_sample"])
-            for i, k in enumerate(idx):
-                if k < cfg.gallery:
-                    gallery_maps[name][k] = maps[i]
+        start = time.perf_counter()
+        maps = _method_maps(method, model, x, found, cfg.batch_size)
+        seconds = time.perf_counter() - start
+        local = saliency_benchmark(model, x, target, found, method, other_masks=other, config=bench_local, maps=maps)
+        per = {m: local[f"{m}_per_sample"] for m in LOCALISATION if f"{m}_per_sample" in local}
+        if sub:
+            deep = saliency_benchmark(model, x[sub], target[sub], torch.as_tensor(found[sub]), method,
+                                      other_masks=other[sub], config=bench_costly, maps=maps[sub])
+            per.update({m: deep[f"{m}_per_sample"] for m in COSTLY if f"{m}_per_sample" in deep})
+        gallery_maps[name] = list(maps[:cfg.gallery])
         prefix = f"saliency/{name}"
-        for metric, chunks in per.items():
-            values = np.concatenate(chunks)
+        for metric, values in per.items():
             out[f"{prefix}/{metric}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
         out[f"{prefix}/n_pairs"] = float(len(chosen))
-        out[f"{prefix}/n_pairs_costly"] = float(len(costly))
-        out[f"{prefix}/seconds_per_map"] = seconds / max(1, n_maps)
-        for j, scores in finding_scores.items():
+        out[f"{prefix}/n_pairs_costly"] = float(len(sub))
+        out[f"{prefix}/seconds_per_map"] = seconds / max(1, len(chosen))
+        for j in sorted(set(found.tolist())):
+            rows_j = found == j
             for metric in ("pointing_game", "chance_pointing", "energy_pointing_game", "chance_energy"):
-                values = np.concatenate(scores[metric])
-                out[f"{prefix}/by_finding/{FINDINGS[j]}/{metric}"] = float(np.nanmean(values))
-            out[f"{prefix}/by_finding/{FINDINGS[j]}/n_pairs"] = float(len(np.concatenate(scores["energy_pointing_game"])))
+                out[f"{prefix}/by_finding/{FINDINGS[j]}/{metric}"] = float(np.nanmean(per[metric][rows_j]))
+            out[f"{prefix}/by_finding/{FINDINGS[j]}/n_pairs"] = float(rows_j.sum())
     notes = [f"Saliency: {len(chosen)} (study, finding) pairs with a labelled-positive finding and an expert region "
              f"(of {len(pairs)} in the split; {n_with} studies have regions) for localisation; the first "
              f"{len(costly)} of them for deletion/insertion ({cfg.steps} steps, baseline 0 = black), noise "
@@ -198,11 +193,11 @@ def score_student_saliency(model: Any, ref: ReferenceSet, cfg: SaliencyEvalConfi
              "Chance = the score of a uniform map (the region's share of the image)."]
     if out_dir is not None and cfg.gallery and gallery_maps:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        shown = sorted(k for k in range(min(cfg.gallery, len(chosen))))
+        shown = list(range(min(cfg.gallery, len(chosen))))
         plot_gallery([images[where[chosen[k][0]], 0].numpy() for k in shown],
                      [masks_from_roi_bits(bits[where[chosen[k][0]]][None], chosen[k][1])[0][0] for k in shown],
                      [FINDINGS[chosen[k][1]] for k in shown], [ref.study_ids[chosen[k][0]] for k in shown],
-                     {name: [maps_k[k] for k in shown] for name, maps_k in gallery_maps.items()},
+                     {name: maps_k[:len(shown)] for name, maps_k in gallery_maps.items()},
                      Path(out_dir) / GALLERY)
         notes.append(f"{GALLERY}: per pair the image with the expert region outlined, then each method's map "
                      "(same outline; the number is its energy in the region).")

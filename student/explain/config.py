@@ -15,7 +15,7 @@ class ExplainConfig:
     max_new_tokens: int | None = None
     # Saliency method drawn on the pages (student.explain.saliency.METHODS, `--saliency`):
     # "attention" (the student's class-query attention), "gradcam", or "fused" (Grad-CAM x
-    # occlusion; about 225 forward passes per map); the maps kdistill eval scores under these names.
+    # occlusion; about 64 forward passes per map); the maps kdistill eval scores under these names.
     saliency: str = "attention"
     # Per-map figures shown where their inputs exist (student.explain.saliency.FIGURES):
     # "energy_in_region" needs an expert region of the finding; "deletion_auc" costs
