@@ -9,9 +9,9 @@ page and the benchmark always draw the same map for the same name.
   The occluder is ``window`` px (default: an eighth of the image side, at least 4) moved by
   ``stride`` (default: the window, i.e. an 8 x 8 grid of non-overlapping blocks, the patch grid
   of a 16-px-patch ViT at 128 px), so the cost is fixed in windows (64 forward passes per image)
-  whatever the image size. Half-window strides (225 passes) cost 3.5x as much: measured 0.93 s
-  per map for the demo's student at 128 px on one thread of this project's CPU, too slow for
-  ``kdistill eval``'s default budget.
+  whatever the image size. Half-window strides (225 passes) cost about 3.5x as much: 0.93 s
+  against 0.29 s per map for the demo's student at 128 px, one thread of a shared 2-core CPU
+  (``benchmarks/eval_saliency.py``), too slow for ``kdistill eval``'s default budget.
 
 Each returns the benchmark's interface ``fn(model, images (B, C, H, W), finding) -> (B, H, W)``
 float32 maps in [0, 1] (min-max normalised per map).
