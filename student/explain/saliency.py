@@ -97,6 +97,8 @@ class FigureInputs:
     image: Any  # (1, 1, H, W) float tensor, the model's input
     finding: int
     steps: int
+    # figures already computed for this map, batched over a study's maps ({name: {"value", "reference"}})
+    precomputed: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +119,21 @@ def _energy_in_region(x: FigureInputs) -> dict[str, float]:
 
 
 def _deletion_auc(x: FigureInputs) -> dict[str, float]:
+    if x.precomputed and "deletion_auc" in x.precomputed:
+        return x.precomputed["deletion_auc"]
+    return deletion_aucs(x.model, x.image, x.saliency[None], [x.finding], x.steps)[0]
+
+
+def deletion_aucs(model, image, maps: np.ndarray, findings: list[int], steps: int) -> list[dict[str, float]]:
+    """Deletion AUC (and its random-order reference) of each map (k, H, W) of one image (1, 1, H, W),
+    map i explaining finding ``findings[i]``: one batched pass per step for all k maps."""
+    import torch
+
     from eval.saliency import deletion_insertion
 
-    out = deletion_insertion(x.model, x.image, x.saliency[None], x.finding, steps=x.steps, random_orders=1)
-    return {"value": float(out["deletion_auc"][0]), "reference": float(out["deletion_auc_random"][0])}
+    images = image.expand(len(findings), *image.shape[1:])
+    out = deletion_insertion(model, images, maps, torch.as_tensor(findings), steps=steps, random_orders=1)
+    return [{"value": float(v), "reference": float(r)} for v, r in zip(out["deletion_auc"], out["deletion_auc_random"])]
 
 
 FIGURES: dict[str, MapFigure] = {
