@@ -375,6 +375,8 @@ def _score_command(args: argparse.Namespace, cfg: EvalConfig) -> int:
     metrics, notes = evaluate(preds, ref, thresholds=thresholds, thresholds_source=thresholds_source,
                               n_bootstrap=cfg.n_bootstrap, seed=seed, uncertain=cfg.uncertain,
                               labeler=_labeler(cfg.chexbert_checkpoint, cfg.chexbert_tokenizer), train_labels=train_labels)
+    if cfg.saliency.enabled and cfg.saliency.methods:
+        metrics[f"{cfg.split}/skipped/saliency"] = "needs a checkpoint (--checkpoint): the maps come from the model"
     if n_missing:
         metrics[f"{cfg.split}/n_missing_predictions"] = float(n_missing)
         notes.append(f"{n_missing} studies of the split had no prediction and are not scored (--allow-missing).")
