@@ -26,6 +26,9 @@ class ReferenceSet:
     reports: list[str]
     # (rows, batch size, side or None) -> float images in [0, 1], (B, H, W), in row order
     image_batches: Callable[[Sequence[int], int, int | None], Iterator[np.ndarray]] | None = None
+    # rows -> the prepared cache's roi_bits (len(rows), S, S) uint16 (bit j: finding j's expert
+    # region, at the cache's image size); None where the split carries no regions
+    roi_bits: Callable[[Sequence[int]], np.ndarray] | None = None
 
     def select(self, rows: Sequence[int]) -> "ReferenceSet":
         rows = list(rows)
@@ -34,6 +37,7 @@ class ReferenceSet:
             self.source, self.split, [self.study_ids[i] for i in rows], self.labels[rows],
             [self.reports[i] for i in rows],
             None if base is None else (lambda sub, bs, size=None: base([rows[i] for i in sub], bs, size)),
+            None if self.roi_bits is None else (lambda sub, _bits=self.roi_bits: _bits([rows[i] for i in sub])),
         )
 
 
@@ -86,9 +90,13 @@ def references_from_prepared(prepared: Path, split: str) -> ReferenceSet:
                 batch = np.stack([resize(image, size) for image in batch])
             yield batch
 
+    def roi_bits(rows: Sequence[int]) -> np.ndarray:
+        return np.asarray(read_batch(table, list(rows), ["roi_bits"])["roi_bits"], dtype=np.uint16)
+
     return ReferenceSet(
         str(prepared), split, [str(s) for s in text["study_id"]], np.asarray(text["labels"], dtype=np.float64),
         [report_text(f, i, headers=False) for f, i in zip(text["findings"], text["impression"])], image_batches,
+        roi_bits if "roi_bits" in table.column_names else None,
     )
 
 

@@ -71,12 +71,48 @@ def summary_markdown(metrics: Metrics, split: str, notes: Sequence[str] = ()) ->
         lines += ["", "## Rationale consistency (labeler on rationale vs study labels)", "",
                   "| precision | recall | F1 |", "| --- | --- | --- |",
                   "| " + " | ".join(_fmt(m[f"rationale_consistency/{k}"]) for k in ("precision", "recall", "f1")) + " |"]
+    lines += _saliency_table(m)
     skipped = sorted(k for k in m if "skipped/" in k and not k.startswith(("skipped/auc/", "skipped/f1/")))
     if skipped or notes:
         lines += ["", "## Skipped and notes", ""]
         lines += [f"- `{k}`: {m[k]}" for k in skipped]
         lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+_SALIENCY = (("pointing_game", "chance_pointing", "pointing game (chance)"),
+             ("energy_pointing_game", "chance_energy", "energy in region (chance)"),
+             ("dice", None, "Dice"), ("iou", None, "IoU"), ("leakage_outside", None, "mass outside region"),
+             ("leakage_other", None, "mass on other findings' regions"),
+             ("deletion_auc", "deletion_auc_random", "deletion AUC (random order), lower is better"),
+             ("insertion_auc", "insertion_auc_random", "insertion AUC (random order), higher is better"),
+             ("noise_spearman", None, "noise robustness (Spearman)"), ("shift_spearman", None, "shift robustness (Spearman)"),
+             ("randomisation_spearman", None, "randomised-model Spearman (low is good)"),
+             ("n_pairs", "n_pairs_costly", "pairs (for the costly rows)"), ("seconds_per_map", None, "seconds per map"))
+
+
+def _saliency_table(m: Metrics) -> list[str]:
+    """The saliency section: one column per method (``saliency/<method>/<metric>``)."""
+    methods = sorted({k.split("/")[1] for k in m if k.startswith("saliency/") and k.count("/") >= 2
+                      and not k.split("/")[1].startswith("n_")}, key=lambda s: ("attention", "gradcam", "fused").index(s)
+                     if s in ("attention", "gradcam", "fused") else 9)
+    if not methods:
+        return []
+    lines = ["", "## Saliency against expert regions", "",
+             f"Pairs available: {int(m.get('saliency/n_pairs_available', 0))} (studies with regions: "
+             f"{int(m.get('saliency/n_studies_with_regions', 0))}).", "",
+             "| metric | " + " | ".join(methods) + " |", "| --- " * (len(methods) + 1) + "|"]
+    for key, ref, text in _SALIENCY:
+        cells = []
+        for method in methods:
+            value = m.get(f"saliency/{method}/{key}")
+            fmt = (lambda v: str(int(v))) if key.startswith("n_") else _fmt
+            cell = "-" if value is None else fmt(value)
+            if ref is not None and f"saliency/{method}/{ref}" in m:
+                cell += f" ({fmt(m[f'saliency/{method}/{ref}'])})"
+            cells.append(cell)
+        lines.append(f"| {text} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _save(fig, path: Path) -> None:

@@ -10,6 +10,11 @@ Outputs in ``--out``: ``metrics.json`` (flat: every number named with split and 
 ``test/chexpert_rules_f1/micro_14``, ``test/bleu_4``; skips as ``test/skipped/...`` with the
 reason), ``summary.md`` (printed too), ``roc.png`` and ``reliability.png``.
 
+Saliency (``saliency`` section, ``eval.student_saliency``): from a checkpoint and a prepared
+cache whose split has expert regions, the student's maps (``attention``, ``gradcam``, ``fused``)
+scored against the regions, as ``<split>/saliency/<method>/<metric>``, a table in ``summary.md``
+and ``saliency_gallery.png``.
+
 Operating points: per-finding thresholds maximising F1 on validation predictions when given
 (``--validate-predictions``, or the checkpoint's ``thresholds.json`` / its validation split);
 otherwise 0.5, and the outputs say so. Noise robustness (Gaussian noise on the images, sigma in
@@ -29,6 +34,7 @@ import numpy as np
 from eval import classification, label_f1, nlg
 from eval.predictions import Predictions, align, predictions_from_checkpoint, read_predictions
 from eval.references import ReferenceSet, load_references
+from eval.student_saliency import SaliencyEvalConfig, score_student_saliency
 from kdistill import scoring
 from kdistill.data.sections import strip_headers
 from kdistill.errors import DataError
@@ -215,6 +221,8 @@ class EvalConfig:
     # from --validate-predictions: the same rule as the student's (kdistill.scoring).
     threshold_policy: Literal["prevalence", "f1"] = "prevalence"
     seed: int | None = None  # bootstrap and noise draws; None: the run's seed (0 from the command line)
+    # the student's maps against the split's expert regions (eval.student_saliency)
+    saliency: SaliencyEvalConfig = dataclasses.field(default_factory=SaliencyEvalConfig)
 
     def validate(self) -> None:
         if self.n_bootstrap < 0:
@@ -236,9 +244,23 @@ def evaluate_checkpoint(checkpoint: Path, ref: ReferenceSet, out_dir: Path, cfg:
                               labeler=_labeler(cfg.chexbert_checkpoint, cfg.chexbert_tokenizer),
                               noise=(predict_probs, image_batches, cfg.noise_sigmas) if cfg.noise_sigmas else None,
                               noise_skip_reason="no noise sigmas configured", train_labels=train_labels)
+    metrics.update(_saliency_metrics(checkpoint, ref, out_dir, cfg, seed, notes))
     text = write_outputs(metrics, notes, preds, ref, out_dir, cfg.uncertain)
     print(text)
     return metrics
+
+
+def _saliency_metrics(checkpoint: Path, ref: ReferenceSet, out_dir: Path, cfg: EvalConfig, seed: int,
+                      notes: list[str]) -> dict[str, float | str]:
+    """The student's saliency scored against the split's regions, prefixed with the split."""
+    def load_model():
+        import student
+
+        return student.load(checkpoint)
+
+    found, more = score_student_saliency(load_model, ref, cfg.saliency, seed=seed, out_dir=out_dir)
+    notes.extend(more)
+    return {f"{ref.split}/{k}": v for k, v in found.items()}
 
 
 def _thresholds_for_checkpoint(checkpoint: Path, validate_ref: ReferenceSet | None, cfg: EvalConfig):
@@ -278,7 +300,9 @@ def run_stage(cfg: EvalConfig, ctx) -> dict:
 
 _HEADLINE_KEYS = {"auc_micro_14", "baseline/constant_prevalence/auc_micro_14", "auc_macro_14", "auc_micro_5", "f1_micro_14", "bleu_4", "rouge_l", "cider_d",
                   "chexbert_f1/micro_14", "chexpert_rules_f1/micro_14", "chexbert_f1/macro_14",
-                  "chexpert_rules_f1/macro_14", "noise_0.05/auc_micro_14", "rationale_consistency/f1"}
+                  "chexpert_rules_f1/macro_14", "noise_0.05/auc_micro_14", "rationale_consistency/f1",
+                  "saliency/attention/energy_pointing_game", "saliency/attention/chance_energy",
+                  "saliency/gradcam/energy_pointing_game", "saliency/fused/energy_pointing_game"}
 
 
 def _maybe(build: Callable[[], ReferenceSet]) -> ReferenceSet | None:
@@ -351,6 +375,8 @@ def _score_command(args: argparse.Namespace, cfg: EvalConfig) -> int:
     metrics, notes = evaluate(preds, ref, thresholds=thresholds, thresholds_source=thresholds_source,
                               n_bootstrap=cfg.n_bootstrap, seed=seed, uncertain=cfg.uncertain,
                               labeler=_labeler(cfg.chexbert_checkpoint, cfg.chexbert_tokenizer), train_labels=train_labels)
+    if cfg.saliency.enabled and cfg.saliency.methods:
+        metrics[f"{cfg.split}/skipped/saliency"] = "needs a checkpoint (--checkpoint): the maps come from the model"
     if n_missing:
         metrics[f"{cfg.split}/n_missing_predictions"] = float(n_missing)
         notes.append(f"{n_missing} studies of the split had no prediction and are not scored (--allow-missing).")

@@ -264,10 +264,19 @@ def test_deletion_auc_is_shown_when_asked_for_with_its_random_order_reference(tm
     import student
 
     model = student.load(tiny_checkpoint(tmp_path / "ckpt"))
-    cfg = ExplainConfig(figures=["energy_in_region", "deletion_auc"], deletion_steps=2, max_new_tokens=2)
+    cfg = ExplainConfig(figures=["energy_in_region", "deletion_auc"], deletion_steps=2, max_new_tokens=2,
+                        figures_on="all")
     records = explain_batch(model, gradient_images(1), ["s"], tmp_path / "out", cfg)
     for row in records[0]["findings"]:
         if row["map"] is None:
             continue
         (figure,) = row["map"]["figures"]  # no regions given: energy in region is left out
         assert figure["name"] == "deletion_auc" and 0 <= figure["value"] <= 1 and 0 <= figure["reference"] <= 1
+    # by default only the maps of positive findings (decided, or labelled positive) get figures
+    labels = np.full((1, 14), np.nan)
+    labels[0, 2] = 1.0
+    default = ExplainConfig(deletion_steps=2, max_new_tokens=2)
+    records = explain_batch(model, gradient_images(1), ["s"], tmp_path / "out2", default, labels=labels)
+    for j, row in enumerate(records[0]["findings"]):
+        if row["map"] is not None:
+            assert bool(row["map"]["figures"]) == (row["decision"] or j == 2), row["name"]

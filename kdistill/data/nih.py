@@ -9,6 +9,9 @@ Layout as distributed (any of the image folder forms)::
     ROOT/BBox_List_2017.csv[.gz]          optional expert boxes: Image Index, Finding Label,
                                           Bbox [x,y,w,h] (pixels of the 1024x1024 image)
     ROOT/train_val_list.txt, test_list.txt  optional official split (one image name per line)
+    ROOT/rois.jsonl                       optional further expert regions (kdistill.data.rois, e.g.
+                                          ChestX-Det via ``kdistill data import-rois --id-map``):
+                                          study_id = the image name without extension
 
 A derived sample with ``labels.csv`` (``image`` path, ``nih_labels``, ``patient_id``, ``age``,
 ``sex``, ``view``, ``follow_up``) and ``boxes.csv`` (``image``, ``source``, ``label``,
@@ -138,6 +141,8 @@ def load_nih(
     split_of = _splits(root, rows, split_seed, split_fractions)
     files = _image_files(root) if check_images else {}
     boxes = _boxes(root, counter)
+    for name, rois in _roi_file(root, counter).items():
+        boxes.setdefault(name, []).extend(rois)
     studies = []
     for row in rows:
         name = os.path.basename(row["image"])
@@ -235,6 +240,16 @@ def _boxes(root: Path, counter: SkipCounter) -> dict[str, list[Roi]]:
     if unmapped:
         log.info("%s: %d boxes of findings outside the 14 left out: %s", path, sum(unmapped.values()), dict(unmapped))
     return dict(out)
+
+
+def _roi_file(root: Path, counter: SkipCounter) -> dict[str, list[Roi]]:
+    """ROOT/rois.jsonl -> {image name (.png): [Roi]}; a study id is the image's stem."""
+    from kdistill.data.rois import load_rois
+
+    path = root / "rois.jsonl"
+    if not path.is_file():
+        return {}
+    return {f"{study_id}.png": rois for study_id, rois in load_rois(path, counter=counter).items()}
 
 
 def _bbox_list_rows(path: Path, counter: SkipCounter) -> list[dict[str, Any]]:

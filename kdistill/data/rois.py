@@ -152,9 +152,34 @@ def parse_roi_line(line: str, path: Path, number: int) -> tuple[str, Roi]:
     return study_id, Roi(finding=finding, dicom_id=str(obj.get("dicom_id") or ""), box=box, mask=mask or None)
 
 
-def import_vindr(csv_path: str | Path, out: str | Path) -> dict[str, Any]:
-    """VinDr-CXR annotations CSV -> rois.jsonl. Returns the summary (written, unmapped per class, ...)."""
+def read_id_map(path: str | Path) -> dict[str, str]:
+    """A two-column CSV (header, then: the annotation file's image id, the dataset's image id) ->
+    {annotation id: dataset id}. Ids are taken without a file extension (``36199.png`` -> ``36199``)."""
+    from kdistill.data.mimic import read_table
+
+    path = Path(path)
+    rows = read_table(path, ())
+    if not rows:
+        raise DataError(path, "empty id map")
+    first, second = [k for k in rows[0] if k != "_line"][:2]
+    return {Path(r[first].strip()).stem: Path(r[second].strip()).stem for r in rows if r[first].strip() and r[second].strip()}
+
+
+def _renamed(image_id: str, id_map: dict[str, str] | None, missing: collections.Counter) -> str | None:
+    if id_map is None:
+        return image_id
+    if image_id not in id_map:
+        missing["ids_not_in_map"] += 1
+        return None
+    return id_map[image_id]
+
+
+def import_vindr(csv_path: str | Path, out: str | Path, id_map: dict[str, str] | None = None) -> dict[str, Any]:
+    """VinDr-CXR annotations CSV -> rois.jsonl. Returns the summary (written, unmapped per class, ...).
+    ``id_map``: annotation image id -> the dataset's image id (regions of ids not in it are left
+    out and counted as ``regions_not_in_id_map``)."""
     csv_path = Path(csv_path)
+    missing: collections.Counter[str] = collections.Counter()
     from kdistill.data.mimic import read_table
 
     rows = read_table(csv_path, VINDR_COLUMNS)
@@ -176,17 +201,24 @@ def import_vindr(csv_path: str | Path, out: str | Path) -> dict[str, Any]:
             raise DataError(csv_path, f"line {row['_line']}: box coordinates not numbers for {name!r}") from None
         if not all(math.isfinite(v) for v in box) or not (box[0] < box[2] and box[1] < box[3]):
             raise DataError(csv_path, f"line {row['_line']}: bad box {box} for {name!r}")
-        image_id = row["image_id"].strip()
-        records.append(roi_to_json(image_id, Roi(finding, image_id, tuple(box))))
+        image_id = _renamed(row["image_id"].strip(), id_map, missing)
+        if image_id is not None:
+            records.append(roi_to_json(image_id, Roi(finding, image_id, tuple(box))))
     _write_jsonl(records, Path(out))
+    extra = {} if id_map is None else {"regions_not_in_id_map": missing["ids_not_in_map"]}
     return {"format": "vindr", "rows": len(rows), "written": len(records), "no_finding_rows": no_finding,
-            "unmapped": dict(unmapped)}
+            **extra, "unmapped": dict(unmapped)}
 
 
-def import_chestx_det(json_path: str | Path, out: str | Path, image_size: tuple[int, int] = (1024, 1024)) -> dict[str, Any]:
+def import_chestx_det(json_path: str | Path, out: str | Path, image_size: tuple[int, int] = (1024, 1024),
+                      masks: bool = True, id_map: dict[str, str] | None = None) -> dict[str, Any]:
     """ChestX-Det JSON -> rois.jsonl plus mask PNGs (polygons) under ``masks/`` beside ``out``.
 
-    ``image_size`` is (width, height) of the images the coordinates refer to."""
+    ``image_size`` is (width, height) of the images the coordinates refer to; ``masks=False``
+    keeps the boxes only (no PNG per region: the polygons are not rasterised); ``id_map`` as for
+    :func:`import_vindr` (ChestX-Det's numbered images are NIH ChestX-ray14 frames: map them to the
+    NIH image names to use the regions with ``data.source: nih``)."""
+    missing: collections.Counter[str] = collections.Counter()
     json_path, out = Path(json_path), Path(out)
     try:
         entries = json.loads(json_path.read_text(encoding="utf-8"))
@@ -199,7 +231,7 @@ def import_chestx_det(json_path: str | Path, out: str | Path, image_size: tuple[
     mask_dir = out.parent / "masks"
     records: list[dict[str, Any]] = []
     unmapped: collections.Counter[str] = collections.Counter()
-    masks = 0
+    n_masks = 0
     for n, entry in enumerate(entries):
         where = f"entry {n}"
         if not isinstance(entry, dict) or "file_name" not in entry:
@@ -211,6 +243,11 @@ def import_chestx_det(json_path: str | Path, out: str | Path, image_size: tuple[
             raise DataError(json_path, f"{where} ({entry['file_name']}): {len(syms)} syms, {len(boxes)} boxes, "
                             f"{len(polygons)} polygons - counts must match")
         image_id = Path(str(entry["file_name"])).stem
+        if id_map is not None:
+            if image_id not in id_map:
+                missing["ids_not_in_map"] += sum(str(sym).strip().lower() in CHESTX_DET_MAP for sym in syms)
+                continue
+            image_id = id_map[image_id]
         for k, sym in enumerate(syms):
             finding = CHESTX_DET_MAP.get(str(sym).strip().lower())
             if finding is None:
@@ -220,15 +257,16 @@ def import_chestx_det(json_path: str | Path, out: str | Path, image_size: tuple[
             if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
                 raise DataError(json_path, f"{where} ({entry['file_name']}): bad box {boxes[k]} for {sym!r}")
             mask_rel = None
-            if polygons and polygons[k]:
+            if masks and polygons and polygons[k]:
                 mask_file = mask_dir / f"{image_id}_{k}_{finding.replace(' ', '_')}.png"
                 _write_polygon_mask(polygons[k], image_size, mask_file, json_path, where)
                 mask_rel = os.path.relpath(mask_file, out.parent)
-                masks += 1
+                n_masks += 1
             records.append(roi_to_json(image_id, Roi(finding, image_id, tuple(box), mask_rel)))
     _write_jsonl(records, out)
-    return {"format": "chestx-det", "images": len(entries), "written": len(records), "masks": masks,
-            "unmapped": dict(unmapped)}
+    extra = {} if id_map is None else {"regions_not_in_id_map": missing["ids_not_in_map"]}
+    return {"format": "chestx-det", "images": len(entries), "written": len(records), "masks": n_masks,
+            **extra, "unmapped": dict(unmapped)}
 
 
 def rasterize_polygon(points: Sequence[Sequence[float]], size: tuple[int, int]):
@@ -262,17 +300,22 @@ def main(argv: list[str] | None = None, prog: str = "kdistill data import-rois")
     parser.add_argument("--format", required=True, choices=("vindr", "chestx-det"), help="annotation format")
     parser.add_argument("input", help="VinDr annotations CSV or ChestX-Det JSON")
     parser.add_argument("--out", required=True, help="output rois.jsonl (masks go to masks/ beside it)")
+    parser.add_argument("--id-map", help="CSV of two columns: the annotation's image id, the dataset's image id "
+                        "(e.g. ChestX-Det numbers -> NIH image names); regions of other ids are left out, counted")
+    parser.add_argument("--boxes-only", action="store_true",
+                        help="ChestX-Det: keep the boxes, do not rasterise the polygons into mask PNGs")
     parser.add_argument("--image-size", default="1024x1024",
                         help="WIDTHxHEIGHT of the images, for rasterising ChestX-Det polygons (default 1024x1024)")
     args = parser.parse_args(argv)
+    id_map = read_id_map(args.id_map) if args.id_map else None
     if args.format == "vindr":
-        summary = import_vindr(args.input, args.out)
+        summary = import_vindr(args.input, args.out, id_map=id_map)
     else:
         try:
             width, height = (int(v) for v in args.image_size.lower().split("x"))
         except ValueError:
             parser.error(f"--image-size must be WIDTHxHEIGHT, got {args.image_size!r}")
-        summary = import_chestx_det(args.input, args.out, (width, height))
+        summary = import_chestx_det(args.input, args.out, (width, height), masks=not args.boxes_only, id_map=id_map)
     print(f"wrote {summary['written']} regions to {args.out}")
     for key, value in summary.items():
         if key not in ("written", "unmapped"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 
 @dataclasses.dataclass
@@ -12,14 +13,19 @@ class ExplainConfig:
     # Tokens per generated text; None: as many as the checkpoint's max_text_len allows (the most
     # it was trained to write). Generation stops earlier at end-of-text.
     max_new_tokens: int | None = None
-    # Saliency method drawn on the pages (student.explain.saliency.METHODS): "attention" is the
-    # student's class-query attention; gradient and fused methods register there.
+    # Saliency method drawn on the pages (student.explain.saliency.METHODS, `--saliency`):
+    # "attention" (the student's class-query attention), "gradcam", or "fused" (Grad-CAM x
+    # occlusion; about 64 forward passes per map); the maps kdistill eval scores under these names.
     saliency: str = "attention"
     # Per-map figures shown where their inputs exist (student.explain.saliency.FIGURES):
     # "energy_in_region" needs an expert region of the finding; "deletion_auc" costs
     # 4 x (deletion_steps + 1) forward passes per map (deletion and insertion, map and random
-    # order), so it is off by default.
-    figures: list[str] = dataclasses.field(default_factory=lambda: ["energy_in_region"])
+    # order).
+    figures: list[str] = dataclasses.field(default_factory=lambda: ["energy_in_region", "deletion_auc"])
+    # Which maps get the figures: "positive" (findings decided positive or labelled positive in
+    # the reference: the maps a reader acts on) or "all" (every drawn map; deletion_auc then costs
+    # 13 x its passes per study).
+    figures_on: Literal["positive", "all"] = "positive"
     deletion_steps: int = 10
     # Longest side, in pixels, of the radiograph written for the study page (image files are
     # read at full size; a prepared cache holds its own size, which is never enlarged).

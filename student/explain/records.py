@@ -12,8 +12,10 @@ import numpy as np
 
 from kdistill.io import atomic_path
 from kdistill.labels import FINDINGS
+from kdistill.saliency.regions import finding_mask
 from student.explain.paths import inside, study_folder
-from student.explain.saliency import FigureInputs, SaliencyMethod, colour_bar, colour_scale, map_figures, overlay
+from student.explain.saliency import FigureInputs, SaliencyMethod, colour_bar, colour_scale, deletion_aucs, \
+    map_figures, overlay
 from student.explain.texts import complete_sentences
 
 NO_MAP = ("No Finding",)  # a normal study has no place to point at: no overlay is drawn
@@ -50,8 +52,11 @@ def reference_of(label: float | None) -> tuple[str | None, bool | None]:
 
 def build_record(study: StudyInputs, out_dir: Path, probs: np.ndarray, decisions: np.ndarray,
                  thresholds: np.ndarray, maps: np.ndarray, method: SaliencyMethod, report: str, rationale: str,
-                 figures: list[str], model=None, model_input=None, steps: int = 10) -> dict[str, Any]:
-    """Write the study's PNGs into its own folder under ``out_dir`` and return its record."""
+                 figures: list[str], model=None, model_input=None, steps: int = 10,
+                 figures_on: str = "positive") -> dict[str, Any]:
+    """Write the study's PNGs into its own folder under ``out_dir`` and return its record.
+    ``figures_on``: "positive" computes the map figures for findings decided or labelled positive
+    only, "all" for every drawn map."""
     folder_name = study_folder(study.study_id, study.label)
     folder = inside(out_dir, out_dir / folder_name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,6 +65,12 @@ def build_record(study: StudyInputs, out_dir: Path, probs: np.ndarray, decisions
     drawn = [j for j, f in enumerate(FINDINGS) if f not in NO_MAP]
     scale = colour_scale(maps[drawn], np.asarray(decisions)[drawn], method.floor)
     _save_png(out_dir, folder / COLOUR_BAR, colour_bar())
+    words = [reference_of(None if study.labels is None else float(study.labels[j]))[0] for j in range(len(FINDINGS))]
+    wanted = [j for j in drawn if figures_on == "all" or bool(decisions[j]) or words[j] == "positive"]
+    precomputed: dict[int, dict] = {}
+    if "deletion_auc" in figures and model is not None and wanted:  # one batched pass for the study's maps
+        for j, values in zip(wanted, deletion_aucs(model, model_input, np.asarray(maps)[wanted], wanted, steps)):
+            precomputed[j] = {"deletion_auc": values}
     rows, agree, counted = [], 0, 0
     for j, name in enumerate(FINDINGS):
         word, agreeing = reference_of(None if study.labels is None else float(study.labels[j]))
@@ -70,8 +81,8 @@ def build_record(study: StudyInputs, out_dir: Path, probs: np.ndarray, decisions
         row = {"name": name, "probability": round(float(probs[j]), 4), "threshold": round(float(thresholds[j]), 4),
                "decision": bool(decisions[j]), "reference": word, "agreement": agreement, "map": None}
         if j in drawn:
-            row["map"] = _draw_map(out_dir, folder, shown, maps[j], scale, j, bool(decisions[j]), study, figures,
-                                   model, model_input, steps)
+            row["map"] = _draw_map(out_dir, folder, shown, maps[j], scale, j, bool(decisions[j]), study,
+                                   figures if j in wanted else [], model, model_input, steps, precomputed.get(j))
         rows.append(row)
     return {
         "study_id": study.study_id,
@@ -94,15 +105,15 @@ def build_record(study: StudyInputs, out_dir: Path, probs: np.ndarray, decisions
 
 def _draw_map(out_dir: Path, folder: Path, shown: np.ndarray, saliency: np.ndarray, scale: tuple[float, float],
               j: int, decided: bool, study: StudyInputs, figures: list[str], model, model_input,
-              steps: int) -> dict[str, Any]:
+              steps: int, precomputed: dict | None = None) -> dict[str, Any]:
     """Write finding ``j``'s overlay (muted when it is not decided positive) and compute its figures."""
-    region = None if study.regions is None else ((np.asarray(study.regions).astype(np.int64) >> j) & 1).astype(bool)
+    region = None if study.regions is None else finding_mask(np.asarray(study.regions)[None], j)[0]
     file = f"map_{FINDINGS[j].lower().replace(' ', '_')}.png"
     _save_png(out_dir, folder / file, overlay(shown, _resize(saliency, shown.shape), scale, muted=not decided))
     peak = float(saliency.max())
     return {"file": file, "muted": not decided, "max": round(peak, 4), "clipped": peak > scale[1],
             "region": region is not None and bool(region.any()),
-            "figures": map_figures(figures, FigureInputs(saliency, region, model, model_input, j, steps))}
+            "figures": map_figures(figures, FigureInputs(saliency, region, model, model_input, j, steps, precomputed))}
 
 
 def _resize(saliency: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -54,7 +54,8 @@ def explain_batch(model: Any, images: Any, study_ids: Sequence[str], out_dir: st
     x = torch.as_tensor(pixels)[:, None]
     maps = method.maps(model, x, result)
     thresholds = _thresholds(model)
-    needs_model = any(FIGURES[f].needs_model for f in cfg.figures)
+    # figures that run the model (deletion AUC) need its forward pass; a predict-only stand-in has none
+    needs_model = any(FIGURES[f].needs_model for f in cfg.figures) and callable(model)
     records = []
     for i, study_id in enumerate(ids):
         study = StudyInputs(
@@ -68,7 +69,8 @@ def explain_batch(model: Any, images: Any, study_ids: Sequence[str], out_dir: st
         records.append(build_record(
             study, out_dir, np.asarray(result["probs"][i]), np.asarray(result["decisions"][i], dtype=bool),
             thresholds, maps[i], method, _text(result, "reports", i), _text(result, "rationales", i), cfg.figures,
-            model=model if needs_model else None, model_input=x[i:i + 1], steps=cfg.deletion_steps))
+            model=model if needs_model else None, model_input=x[i:i + 1], steps=cfg.deletion_steps,
+            figures_on=cfg.figures_on))
     return records
 
 
@@ -169,12 +171,16 @@ def main(argv: list[str] | None = None, prog: str = "kdistill explain") -> int:
     source.add_argument("--prepared", type=Path, help="a prepared cache (kdistill data prepare)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: index.html and one folder per study (nothing is written outside it)")
+    parser.add_argument("--saliency", choices=tuple(METHODS),
+                        help="the map drawn on the pages: attention (class-query maps, the default), gradcam or fused "
+                             "(Grad-CAM x occlusion); the same as saliency=NAME")
     parser.add_argument("--split", help="deprecated: split=NAME")
     parser.add_argument("--max-studies", type=int, help="deprecated: max_studies=N")
     add_config_arguments(parser, "explain", example="split=validate max_studies=50 max_new_tokens=96")
     args = parser.parse_intermixed_args(argv)
     legacy = {"--split": "split", "--max-studies": "max_studies"}
-    cfg = stage_config(ExplainConfig, args, "explain", flags={"split": args.split, "max_studies": args.max_studies},
+    cfg = stage_config(ExplainConfig, args, "explain", flags={"split": args.split, "max_studies": args.max_studies,
+                                                              "saliency": args.saliency},
                        deprecated=legacy)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.images:

@@ -3,8 +3,9 @@ maps for findings not decided positive, and per-map figures where their inputs e
 
 ``METHODS`` maps a config name (``explain.saliency``) to a :class:`SaliencyMethod`: its page text
 and a function ``(model, images (B, 1, H, W) float tensor, predict result) -> (B, 14, H, W)``
-in the method's own units. Only ``attention`` is here today; a gradient (Grad-CAM) or fused
-method from ``kdistill.saliency`` is added by registering another entry.
+in the method's own units: ``attention`` (the class-query maps relative to uniform), ``gradcam``
+and ``fused`` (``kdistill.saliency.methods``, the same maps ``kdistill eval`` scores, each
+min-max normalised per finding).
 
 ``FIGURES`` maps a figure name (``explain.figures``) to a :class:`MapFigure`: a number per map,
 computed when what it needs exists (an expert region of the finding, the model), else left out.
@@ -41,6 +42,19 @@ def _attention_maps(model, images, result: dict) -> np.ndarray:
     return np.divide(maps, mean, out=np.zeros_like(maps), where=mean > 0).astype(np.float32)
 
 
+def _registry_maps(name: str):
+    """(model, images, result) -> (B, 14, H, W): method ``name`` of ``kdistill.saliency.methods``
+    for every finding (one call per finding; each map min-max normalised, 1 = its peak)."""
+    def maps(model, images, result: dict) -> np.ndarray:
+        from kdistill.labels import NUM_FINDINGS
+        from kdistill.saliency.methods import saliency_method
+
+        method = saliency_method(name)
+        return np.stack([np.asarray(method(model, images, j), dtype=np.float32) for j in range(NUM_FINDINGS)], axis=1)
+
+    return maps
+
+
 METHODS: dict[str, SaliencyMethod] = {
     "attention": SaliencyMethod(
         name="attention",
@@ -53,6 +67,25 @@ METHODS: dict[str, SaliencyMethod] = {
         maps=_attention_maps,
         floor=1.0,  # at or below uniform attention nothing is drawn: the map shows where the query looks more
     ),
+    "gradcam": SaliencyMethod(
+        name="gradcam",
+        title="Grad-CAM",
+        description="Grad-CAM of the finding's logit at the student's feature map (the one its finding heads "
+                    "read): the feature channels weighted by their mean gradient, ReLU, upsampled bilinearly. "
+                    "It shows where a small change would move the finding's score most; it is a local "
+                    "linearisation, not proof of what the model needs.",
+        units="normalised per map (1 = the map's peak)",
+        maps=_registry_maps("gradcam"),
+    ),
+    "fused": SaliencyMethod(
+        name="fused",
+        title="Grad-CAM x occlusion (fused)",
+        description="The geometric mean of Grad-CAM and sliding-window occlusion (the drop in the finding's "
+                    "probability when a patch is hidden): bright where the gradient points and hiding the "
+                    "place really lowers the probability (kdistill.saliency.FusedAttribution).",
+        units="normalised per map (1 = the map's peak)",
+        maps=_registry_maps("fused"),
+    ),
 }
 
 
@@ -64,6 +97,8 @@ class FigureInputs:
     image: Any  # (1, 1, H, W) float tensor, the model's input
     finding: int
     steps: int
+    # figures already computed for this map, batched over a study's maps ({name: {"value", "reference"}})
+    precomputed: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +115,25 @@ def _energy_in_region(x: FigureInputs) -> dict[str, float]:
     from eval.saliency import energy_pointing_game
 
     value = float(energy_pointing_game(x.saliency[None], x.region[None])[0])
-    return {"value": value, "reference": float(x.region.mean())}
+    return {"value": value, "reference": float(x.region.mean())}  # reference: a uniform map's score
 
 
 def _deletion_auc(x: FigureInputs) -> dict[str, float]:
+    if x.precomputed and "deletion_auc" in x.precomputed:
+        return x.precomputed["deletion_auc"]
+    return deletion_aucs(x.model, x.image, x.saliency[None], [x.finding], x.steps)[0]
+
+
+def deletion_aucs(model, image, maps: np.ndarray, findings: list[int], steps: int) -> list[dict[str, float]]:
+    """Deletion AUC (and its random-order reference) of each map (k, H, W) of one image (1, 1, H, W),
+    map i explaining finding ``findings[i]``: one batched pass per step for all k maps."""
+    import torch
+
     from eval.saliency import deletion_insertion
 
-    out = deletion_insertion(x.model, x.image, x.saliency[None], x.finding, steps=x.steps, random_orders=1)
-    return {"value": float(out["deletion_auc"][0]), "reference": float(out["deletion_auc_random"][0])}
+    images = image.expand(len(findings), *image.shape[1:])
+    out = deletion_insertion(model, images, maps, torch.as_tensor(findings), steps=steps, random_orders=1)
+    return [{"value": float(v), "reference": float(r)} for v, r in zip(out["deletion_auc"], out["deletion_auc_random"])]
 
 
 FIGURES: dict[str, MapFigure] = {
