@@ -321,11 +321,10 @@ def test_two_processes_with_the_egl_terms_equal_one_process(tmp_path):
 # ----------------------------------------------------------------------------- real radiographs
 
 def _nih_64() -> Path | None:
-    here = Path(__file__).resolve()
-    for shared in (here.parents[2] / "shared", here.parents[3] / "shared"):
-        if (shared / "realdata" / "nih_64" / "labels.csv").is_file():
-            return shared / "realdata" / "nih_64"
-    return None
+    from fixtures.realdata import find_realdata
+
+    root = find_realdata("nih_64/labels.csv")
+    return None if root is None else root / "nih_64"
 
 
 def _energy_in_region(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> float:

@@ -5,27 +5,18 @@ scores are exactly the test studies' labelled-positive findings that have a box.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fixtures.realdata import find_realdata
 from kdistill import config as cfglib
 from kdistill.labels import FINDING_INDEX
 
 
-def _realdata() -> Path | None:
-    here = Path(__file__).resolve()
-    for root in (os.environ.get("KDISTILL_REALDATA"), here.parents[2] / "shared" / "realdata",
-                 here.parents[3] / "shared" / "realdata"):
-        if root and (Path(root) / "nih_64" / "labels.csv").is_file():
-            return Path(root)
-    return None
-
-
-REAL = _realdata()
+REAL = find_realdata("nih_64/labels.csv")
 pytestmark = pytest.mark.skipif(REAL is None, reason="../shared/realdata/nih_64 not found")
 
 TOWER = {"vision_model": "kdistill-vit-tiny", "head_width": 32, "head_heads": 2, "head_layers": 1,

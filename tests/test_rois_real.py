@@ -8,26 +8,17 @@ import collections
 import csv
 import gzip
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures.realdata import find_realdata
 from kdistill.data.rois import CHESTX_DET_MAP, VINDR_MAP, load_rois, main
 
 
-def _realdata() -> Path | None:
-    here = Path(__file__).resolve()
-    for root in (os.environ.get("KDISTILL_REALDATA"), here.parents[2] / "shared" / "realdata",
-                 here.parents[3] / "shared" / "realdata"):  # a clone, or a worktree one level deeper
-        if root and (Path(root) / "annotations").is_dir():
-            return Path(root)
-    return None
-
-
-REAL = _realdata()
+REAL = find_realdata("annotations")
 pytestmark = pytest.mark.skipif(REAL is None, reason="../shared/realdata (the real annotation files) not found")
 
 

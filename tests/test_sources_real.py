@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fixtures.realdata import find_realdata
 from kdistill.data.nih import chexpert_labels
 from kdistill.data.sources import get_source, open_source, source_names
 from kdistill.errors import DataError, SkipCounter
 from kdistill.labels import FINDING_INDEX, FINDINGS
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason=f"real data not found at {REAL}")
+REAL = find_realdata("nih_64/labels.csv")
+pytestmark = pytest.mark.skipif(REAL is None, reason="../shared/realdata not found beside the checkout")
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:

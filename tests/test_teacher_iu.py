@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fixtures.labeler_realdata import iu_dev_csv  # noqa: F401  (a pytest fixture)
 from kdistill.labels import FINDING_INDEX, NUM_FINDINGS
 
 SPEC = importlib.util.spec_from_file_location("teacher_iu", Path(__file__).parents[1] / "benchmarks" / "teacher_iu.py")
@@ -45,9 +46,8 @@ def test_wilson_interval_by_hand():
     assert iu._wilson(8, 10) == [round(centre - half, 4), round(centre + half, 4)]
 
 
-@pytest.mark.skipif(not iu.IU.is_file(), reason="../shared/realdata/iu_reports/dev.csv is not here")
-def test_real_iu_reports_split_and_judged_findings():
-    studies, gold, judged = iu.read_iu(iu.IU)
+def test_real_iu_reports_split_and_judged_findings(iu_dev_csv):
+    studies, gold, judged = iu.read_iu(iu_dev_csv)
     assert len(studies) == gold.shape[0] == 1537
     assert sum(s.split == "test" for s in studies) == 321  # sha256(id) % 5 == 0
     assert [s.study_id for s in studies if s.split == "test"][:3] == ["CXR2", "CXR34", "CXR62"]
