@@ -52,6 +52,22 @@ def cosine_schedule(optimizer, warmup: int, total: int, floor: float = 0.0, warm
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, floor, warmup_from_zero))
 
 
+def new_accelerator(cpu: bool = False, mixed_precision: str | None = None, **kwargs: Any):
+    """An ``accelerate.Accelerator`` with this loop's settings. fp16 on the CPU becomes "no" (CPUs
+    autocast bf16 only). ``kdistill run`` trains the teacher and the student in one process, and
+    accelerate keeps its state process-wide, refusing a second Accelerator with another
+    ``mixed_precision``: the previous loop's AcceleratorState is dropped first, keeping the
+    process group (PartialState), so each loop gets its own precision under torchrun too."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    if cpu and mixed_precision == "fp16":
+        mixed_precision = "no"
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, **kwargs)
+
+
 def set_num_threads(num_threads: int, num_processes: int = 1) -> int:
     """Torch's CPU threads for this process (see the module docstring); returns the count in use.
     Several processes each using every core would oversubscribe them many times over."""

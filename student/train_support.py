@@ -20,14 +20,16 @@ LOG_COLUMNS = ("step", "epoch", "lr", "loss", "cls", "rep", "kd", "emb", "tok", 
 
 
 def make_accelerator(cfg: StudentTrainConfig, out_dir: Path):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import DistributedDataParallelKwargs
+
+    from kdistill.training import new_accelerator
 
     trackers = "tensorboard" if cfg.tensorboard and importlib.util.find_spec("tensorboard") else None
     # A loss term with weight 0 leaves part of the model out of the graph; DDP must then not wait
     # for its gradients (the search for unused parameters costs a graph traversal, so only then).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=not all(cfg.loss.terms().values()))
     precision = None if cfg.mixed_precision == "auto" else cfg.mixed_precision
-    acc = Accelerator(cpu=cfg.cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+    acc = new_accelerator(cpu=cfg.cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
                       log_with=trackers, project_dir=str(out_dir), kwargs_handlers=[ddp])
     if acc.device.type == "cpu":
         set_num_threads(cfg.num_threads, acc.num_processes)

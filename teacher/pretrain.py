@@ -168,10 +168,9 @@ class _Run:
 def _setup(cfg: TeacherPretrainConfig, corpus_path, out_dir: Path, label_fn, data, reuse_tokenizer: bool) -> _Run:
     """The corpus read and checked, the tokenizer trained (or, resuming, the one saved), the
     model built, the examples encoded, the optimizer and schedule prepared."""
-    from accelerate import Accelerator
+    from kdistill.training import new_accelerator
 
-    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision="no" if cfg.cpu and cfg.mixed_precision == "fp16"
-                              else cfg.mixed_precision)
+    accelerator = new_accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
     all_docs = corpuslib.read_corpus(corpus_path)
     docs, check = all_docs, {}
     if cfg.filter_inconsistent:

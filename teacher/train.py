@@ -163,13 +163,13 @@ def train(cfg: TeacherTrainConfig, base: str | Path, corpus_path: str | Path, ou
 def _setup(cfg: TeacherTrainConfig, base: str, docs: list[dict[str, Any]], data) -> _Setup:
     """Accelerator, tokenizer, base model with LoRA, the examples and their loader, optimizer
     and schedule, all prepared."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from peft import LoraConfig, get_peft_model
 
     # bf16 autocast also runs on CPUs (AVX512-BF16: ~1.4x the float32 step on this machine); fp16 does not
-    precision = "no" if cfg.cpu and cfg.mixed_precision == "fp16" else cfg.mixed_precision
-    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    from kdistill.training import new_accelerator
+
+    accelerator = new_accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     set_seed(cfg.seed)
     tok = load_tokenizer(base, trust_remote_code=cfg.trust_remote_code)
     # float32 weights; with mixed precision accelerate autocasts the compute

@@ -379,3 +379,15 @@ def test_a_fresh_run_in_a_used_folder_drops_the_old_runs_states(toy, tmp_path):
     # the old step_4 must not survive as "newest" and push out the new run's own state
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"step_2"}
     assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 2
+
+
+def test_loops_of_other_precisions_run_one_after_another_in_one_process():
+    """``kdistill run`` trains the teacher (float32) and then a bf16 student in one process:
+    accelerate refuses a second Accelerator of another precision unless its state is dropped."""
+    from kdistill.training import new_accelerator
+
+    first = new_accelerator(cpu=True, mixed_precision="no")
+    assert first.mixed_precision == "no"
+    second = new_accelerator(cpu=True, mixed_precision="bf16")
+    assert second.mixed_precision == "bf16" and second.num_processes == 1
+    assert new_accelerator(cpu=True, mixed_precision="fp16").mixed_precision == "no"  # CPUs autocast bf16 only
