@@ -297,8 +297,11 @@ def combine(files: list[str], out: Path) -> int:
         if len({json.dumps(r[key]) for r in runs}) != 1:
             raise SystemExit(f"--combine: the runs differ in {key}: {[r[key] for r in runs]}")
     merged: dict[str, dict[str, Any]] = {}
-    for r in runs:
+    for f, r in zip(files, runs):
         for name, by_seed in r["per_seed"].items():
+            twice = sorted(set(by_seed) & set(merged.get(name, {})))
+            if twice:  # two student recipes under one name would be averaged into one row
+                raise SystemExit(f"--combine: {f} has {name} seeds {twice} again; name each recipe's row (--name)")
             merged.setdefault(name, {}).update(by_seed)
     sets = list(runs[0]["sets"])
     summary = summarise(merged, sets)
@@ -320,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout", nargs="*", default=[], help="prepared caches scored on all their studies")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--name", default="student", help="the student's row in the table (e.g. its tower and recipe), "
+                                                     "so that --combine keeps several students apart")
     p.add_argument("--config", help="run config whose student section trains the student (configs/demo.yaml)")
     p.add_argument("--tokenizer", help="the teacher folder: the student trains its full recipe")
     p.add_argument("--rationales", help="the teacher's rationale cache (with --tokenizer)")
@@ -360,14 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     sets = {"test": _load(args.prepared, ("test",))}
     for h in args.heldout:
         sets[f"heldout:{Path(h).parent.name if Path(h).name.startswith('prepared') else Path(h).name}"] = _load(h)
-    results: dict[str, dict[str, Any]] = {m: {} for m in args.models}
+    rows = {m: args.name if m == "student" else m for m in args.models}
+    results: dict[str, dict[str, Any]] = {rows[m]: {} for m in args.models}
     extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="peers_") as work:
         for seed in args.seeds:
             for name in args.models:
                 started = time.time()
                 if name == "student":
-                    predict, extra[f"student/{seed}"] = train_student(args, seed, Path(work))
+                    predict, extra[f"{args.name}/{seed}"] = train_student(args, seed, Path(work))
                 elif name == "logreg":
                     predict = train_logreg(train, val, args, seed)
                 elif name == "constant":
@@ -377,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                                         student_cfg.augment if args.cnn_augment else None)
                 seconds = time.time() - started
                 scored = {s: score(predict(d["image"]), d["labels"], args.bootstrap) for s, d in sets.items()}
-                results[name][str(seed)] = {"train_s": seconds, "sets": scored}
-                print(f"seed {seed} {name:12s} {seconds:7.1f} s  " + "  ".join(
+                results[rows[name]][str(seed)] = {"train_s": seconds, "sets": scored}
+                print(f"seed {seed} {rows[name]:12s} {seconds:7.1f} s  " + "  ".join(
                     f"{s} micro {v['micro_auc']:.3f}" for s, v in scored.items()), flush=True)
     summary = summarise(results, list(sets))
     print_table(summary, list(sets))

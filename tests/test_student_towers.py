@@ -31,10 +31,13 @@ FAMILIES = {
                               "vision_overrides": {"image_size": SIZE}}, "timm", 128),
     "timm_convnext": ({"vision_model": "kdistill-convnext-atto", "feature_stride": 8,
                        "vision_overrides": {"image_size": SIZE}}, "timm", 80),
+    "timm_densenet121": ({"vision_model": "kdistill-densenet121", "feature_stride": 8,
+                          "vision_overrides": {"image_size": SIZE}}, "timm", 512),
 }
 # The module each CNN tower's feature map comes out of (Grad-CAM hooked there must agree).
 STAGE_MODULES = {"modified_resnet": "visual.model.layer2", "timm_resnet18": "visual.model.trunk.layer2",
-                 "timm_convnext": "visual.model.trunk.stages.1"}
+                 "timm_convnext": "visual.model.trunk.stages.1",
+                 "timm_densenet121": "visual.model.trunk.features.denseblock2"}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +120,7 @@ def test_checkpoint_round_trip_records_the_grid(family, tok, tmp_path):
         student.load(tmp_path)
 
 
-@pytest.mark.parametrize("family", ["modified_resnet", "timm_resnet18", "timm_convnext"])
+@pytest.mark.parametrize("family", ["modified_resnet", "timm_resnet18", "timm_convnext", "timm_densenet121"])
 def test_cnn_grayscale_sum_conv_equals_repeating_the_channel(family, tok):
     rep = _model(family, tok, grayscale="repeat").eval()
     summed = _model(family, tok, grayscale="sum_conv").eval()
