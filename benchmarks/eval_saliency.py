@@ -89,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[eval_saliency] {kind} saliency: {times[kind][-1]:.1f} s", file=sys.stderr, flush=True)
                 if kind == "with":
                     metrics = json.loads((out / "metrics.json").read_text())
+                    timing = json.loads((out / "timing.json").read_text())
     med = {k: statistics.median(v) for k, v in times.items()}
     top = {k: v for k, v in metrics.items() if k.startswith("test/saliency/") and k.count("/") == 3}
-    per_map = {k.split("/")[2]: v for k, v in top.items() if k.endswith("/seconds_per_map")}
+    per_map = {k.split("/")[2]: v for k, v in timing.items() if k.endswith("/seconds_per_map")}
     pairs = {k.split("/")[2]: (v, top[k + "_costly"]) for k, v in top.items() if k.endswith("/n_pairs")}
     result = {
         "command": "benchmarks/eval_saliency.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -88,7 +88,7 @@ _SALIENCY = (("pointing_game", "chance_pointing", "pointing game (chance)"),
              ("insertion_auc", "insertion_auc_random", "insertion AUC (random order), higher is better"),
              ("noise_spearman", None, "noise robustness (Spearman)"), ("shift_spearman", None, "shift robustness (Spearman)"),
              ("randomisation_spearman", None, "randomised-model Spearman (low is good)"),
-             ("n_pairs", "n_pairs_costly", "pairs (for the costly rows)"), ("seconds_per_map", None, "seconds per map"))
+             ("n_pairs", "n_pairs_costly", "pairs (for the costly rows)"))
 
 
 def _saliency_table(m: Metrics) -> list[str]:

@@ -8,7 +8,9 @@ prepared cache whose split holds the reference labels and reports.
 Outputs in ``--out``: ``metrics.json`` (flat: every number named with split and variant, e.g.
 ``test/auc_micro_14``, ``test/auc/Edema``, ``test/noise_0.05/auc_micro_14``,
 ``test/chexpert_rules_f1/micro_14``, ``test/bleu_4``; skips as ``test/skipped/...`` with the
-reason), ``summary.md`` (printed too), ``roc.png`` and ``reliability.png``.
+reason), ``summary.md`` (printed too), ``roc.png`` and ``reliability.png``. metrics.json holds
+only figures that one config on one machine reproduces exactly; wall times (the saliency methods'
+seconds per map) go to ``timing.json``.
 
 Saliency (``saliency`` section, ``eval.student_saliency``): from a checkpoint and a prepared
 cache whose split has expert regions, the student's maps (``attention``, ``gradcam``, ``fused``)
@@ -260,6 +262,10 @@ def _saliency_metrics(checkpoint: Path, ref: ReferenceSet, out_dir: Path, cfg: E
 
     found, more = score_student_saliency(load_model, ref, cfg.saliency, seed=seed, out_dir=out_dir)
     notes.extend(more)
+    # Wall times differ run to run: kept out of metrics.json, which two runs must reproduce.
+    timing = {f"{ref.split}/{k}": found.pop(k) for k in [k for k in found if k.endswith("/seconds_per_map")]}
+    if timing and out_dir is not None:
+        write_json(Path(out_dir) / "timing.json", timing, sort_keys=True)
     return {f"{ref.split}/{k}": v for k, v in found.items()}
 
 

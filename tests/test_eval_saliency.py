@@ -133,6 +133,11 @@ def test_eval_on_a_tiny_trained_checkpoint_writes_saliency_metrics_table_and_gal
         assert metrics[f"{p}/leakage_outside"] == pytest.approx(1 - metrics[f"{p}/energy_pointing_game"])
     assert metrics["test/saliency/n_pairs_available"] > 24
     assert "test/baseline/constant_prevalence/auc_micro_14" in metrics  # the rows already there stay
+    # wall times are not metrics (two runs must give the same metrics.json): they are in timing.json
+    assert not [k for k in metrics if "seconds" in k]
+    timing = json.loads((out / "timing.json").read_text())
+    assert sorted(timing) == [f"test/saliency/{m}/seconds_per_map" for m in ("attention", "fused", "gradcam")]
+    assert all(v > 0 for v in timing.values())
     summary = (out / "summary.md").read_text()
     assert "## Saliency against expert regions" in summary and "| energy in region (chance) |" in summary
     assert "| metric | attention | gradcam | fused |" in summary
