@@ -350,10 +350,15 @@ def headline_table(outputs: dict[str, dict[str, Any]]) -> str:
             return "n/a"
         return f"{100 * value:.0f}%" if percent else f"{value:.3f}"
 
+    chance = ev.get("saliency/attention/chance_energy")
+    energy = fmt(ev.get("saliency/attention/energy_pointing_game"))
     rows = [("micro-AUC, 14 findings (eval split)", fmt(ev.get("auc_micro_14"))),
             (f"label F1 of the reports ({labeler}, micro, 14)", fmt(ev.get(f"{labeler}/micro_14"))),
             ("rationale consistency F1 (labeler vs study labels)", fmt(ev.get("rationale_consistency/f1"))),
-            ("explained reports that end with a full sentence", fmt(ex.get("reports_ended"), percent=True))]
+            ("explained reports that end with a full sentence", fmt(ex.get("reports_ended"), percent=True)),
+            ("micro-AUC of a constant-prevalence predictor", fmt(ev.get("baseline/constant_prevalence/auc_micro_14"))),
+            ("finding maps' energy in the expert region (uniform map)",
+             energy if energy == "n/a" else f"{energy} ({fmt(chance)})")]
     metrics = ev.get("metrics")
     summary_md = Path(metrics).with_name("summary.md") if metrics else None
     paths = [("eval summary", str(summary_md) if summary_md and summary_md.is_file() else "n/a (eval did not run)"),

@@ -49,15 +49,18 @@ def test_the_run_ends_with_headline_figures_and_the_paths_to_read(tmp_path):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "summary.md").write_text("# summary")
     outputs = {"eval": {"auc_micro_14": 0.90423, "chexpert_rules_f1/micro_14": 0.4579,
-                        "rationale_consistency/f1": 0.612, "metrics": str(tmp_path / "eval" / "metrics.json")},
+                        "rationale_consistency/f1": 0.612, "metrics": str(tmp_path / "eval" / "metrics.json"),
+                        "baseline/constant_prevalence/auc_micro_14": 0.7542, "saliency/attention/energy_pointing_game": 0.5409,
+                        "saliency/attention/chance_energy": 0.045},
                "explain": {"index": "runs/demo/explain/index.html", "reports_ended": 0.875}}
     table = headline_table(outputs)
     lines = [line.split() for line in table.splitlines()]
     assert ["micro-AUC,", "14", "findings", "(eval", "split)", "0.904"] in lines
     assert ["label", "F1", "of", "the", "reports", "(chexpert_rules_f1,", "micro,", "14)", "0.458"] in lines
     assert lines[4][-1] == "0.612" and lines[5][-1] == "88%"
+    assert lines[6][-1] == "0.754" and lines[7][-2:] == ["0.541", "(0.045)"]
     assert ["eval", "summary", str(tmp_path / "eval" / "summary.md")] in lines
     assert ["explained", "reports", "runs/demo/explain/index.html"] in lines
     chexbert = headline_table({"eval": {"chexbert_f1/micro_14": 0.5, "chexpert_rules_f1/micro_14": 0.4}})
     assert re.search(r"\(chexbert_f1, micro, 14\)\s+0\.500", chexbert) and "n/a (explain did not run)" in chexbert
-    assert headline_table({}).count("n/a") == 6
+    assert headline_table({}).count("n/a") == 8
