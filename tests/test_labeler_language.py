@@ -70,6 +70,16 @@ CASES = [
     ("IMPRESSION: The cardiac silhouette appears be at upper limits of normal to borderline enlarged",  # IU
      {"Cardiomegaly": -1}),
     ("Heart size is at the upper limits of normal.", {"Cardiomegaly": 0}),  # IU
+    # --- "borderline": a hedge on a size (CheXpert's one borderline rule), a grade before the
+    # word naming the abnormality ("borderline cardiomegaly" reads as "mild cardiomegaly" does)
+    ("Borderline heart size.", {"Cardiomegaly": -1, "No Finding": None}),  # IU
+    ("The heart is borderline in size.", {"Cardiomegaly": -1}),  # IU
+    ("Heart size is borderline.", {"Cardiomegaly": -1}),
+    ("Borderline cardiomegaly.", {"Cardiomegaly": 1, "No Finding": None}),  # IU
+    ("Stable cardiomediastinal silhouette with borderline cardiomegaly.", {"Cardiomegaly": 1}),  # IU
+    ("Accounting for technical factors heart size XXXX borderline enlarged.", {"Cardiomegaly": 1}),  # IU
+    ("Borderline mediastinal widening.", {"Enlarged Cardiomediastinum": 1}),
+    ("No borderline cardiomegaly.", {"Cardiomegaly": 0}),
     ("Early pneumonia is a consideration.", {"Pneumonia": -1}),
     ("Consider early right lower lobe pneumonia.", {"Pneumonia": -1}),
     ("Aspiration pneumonia should be considered.", {"Pneumonia": -1}),
