@@ -9,8 +9,9 @@ import torch
 
 from kdistill import config as cfglib
 from kdistill.errors import DataError
-from kdistill.io import atomic_path
-from kdistill.scoring import THRESHOLDS_FILE, read_thresholds
+from kdistill.io import atomic_path, write_text_atomic
+from kdistill.scoring import THRESHOLDS_FILE, read_thresholds, save_thresholds, thresholds_info
+from student.card import CARD
 from student.config import StudentConfig
 
 WEIGHTS = "model.safetensors"
@@ -92,4 +93,30 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
     thresholds = read_thresholds(path)
     if thresholds is not None:
         model.thresholds.copy_(torch.as_tensor(thresholds, dtype=model.thresholds.dtype))
+    # What save_pretrained carries into a copy: how the thresholds were chosen, and the card.
+    info = thresholds_info(path) or {}
+    model.thresholds_info = {k: v for k, v in info.items() if k not in ("findings", "thresholds")}
+    card = path / CARD
+    model.card_text = card.read_text(encoding="utf-8") if card.is_file() else None
     return model.to(device).eval()
+
+
+def save_pretrained(model, out_dir: str | Path) -> Path:
+    """Write ``model`` as a checkpoint folder that ``load`` (and ``StudentModel.from_pretrained``)
+    reads back: weights, config.json, the tokenizer, thresholds.json (with how they were chosen,
+    when the model was loaded from a folder that said so) and README.md (the loaded folder's card,
+    else a short one with the research-use statement)."""
+    from student.card import RESEARCH_USE
+
+    out_dir = Path(out_dir)
+    save_weights(model.cfg, model.state_dict(), out_dir)
+    if model.tokenizer is not None:
+        save_tokenizer(model.tokenizer, out_dir)
+    info = dict(getattr(model, "thresholds_info", None) or {"policy": "as set on the model"})
+    save_thresholds(out_dir, model.thresholds.detach().cpu().numpy(), **info)
+    card = getattr(model, "card_text", None) or (
+        f"# kdistill student\n\n> {RESEARCH_USE}\n\nA `{model.cfg.vision_model}` student with 14 finding heads"
+        f"{' and a report decoder' if model.has_text else ''}; maps on a {model.grid[0]}x{model.grid[1]} grid.\n\n"
+        "```python\nfrom student.model import StudentModel\nmodel = StudentModel.from_pretrained(folder)\n```\n")
+    write_text_atomic(out_dir / CARD, card)
+    return out_dir
