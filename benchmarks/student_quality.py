@@ -184,7 +184,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="run folder holding prepared/, teacher/, rationales/")
     p.add_argument("--prepared")
@@ -204,6 +204,39 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="runs/bench_student_quality", help="where the students are trained")
     p.add_argument("--out", default="benchmarks/results/student_quality.json")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the student config")
+    return p
+
+
+def _summarise(by_variant: dict[str, list[dict[str, float]]], title: str, seeds: list[int]):
+    """One evaluation set's table (mean ± sd over the seeds per student) and the verdict on
+    distillation against "+ report", paired by seed; both printed, and returned."""
+    summary = {name: {k: _mean_sd([r.get(k, math.nan) for r in rows]) for k in ("micro_auc", "macro_auc", "f1_micro", "f1_macro")}
+               for name, rows in by_variant.items()}
+    n_seeds = len(seeds)
+    print(f"\n{title}, mean ± sd over {n_seeds} "
+          f"seed(s) {seeds}; label F1 = chexpert_rules_f1 (rule-based labeler), micro/macro over 14")
+    print(f"{'student':<22}{'micro-AUC':>18}{'macro-AUC':>18}{'F1 micro':>18}{'F1 macro':>18}")
+    for name, sm in summary.items():
+        cells = "".join(f"{'n/a':>18}" if math.isnan(m) else f"{m:>11.4f} ± {sd:.3f}" for m, sd in sm.values())
+        print(f"{name:<22}{cells}")
+    # paired by seed: the same seed gives both students the same initialisation and batch order
+    pairs = list(zip(by_variant["+ distillation"], by_variant["+ report"]))
+    f1_diff = [d["f1_micro"] - r["f1_micro"] for d, r in pairs]
+    auc_diff = [d["micro_auc"] - r["micro_auc"] for d, r in pairs]
+    (g, gsd), (a, asd) = _mean_sd(f1_diff), _mean_sd(auc_diff)
+    verdict = {"f1_micro_gain_over_report": {"mean": g, "sd": gsd},
+               "micro_auc_change_over_report": {"mean": a, "sd": asd},
+               "seeds_f1_higher": sum(x > 0 for x in f1_diff), "seeds_micro_auc_not_lower": sum(x >= 0 for x in auc_diff),
+               "beats_on_f1": bool(g > 0), "keeps_micro_auc": bool(a >= 0)}
+    print(f"distillation vs + report, paired by seed: label F1 micro {g:+.4f} ± {gsd:.3f} (higher in "
+          f"{verdict['seeds_f1_higher']}/{n_seeds}), micro-AUC {a:+.4f} ± {asd:.3f} (not lower in "
+          f"{verdict['seeds_micro_auc_not_lower']}/{n_seeds}) -> "
+          f"{'PASS' if verdict['beats_on_f1'] and verdict['keeps_micro_auc'] else 'FAIL'}")
+    return summary, verdict
+
+
+def main(argv=None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
@@ -257,32 +290,12 @@ def main(argv=None) -> int:
         for (name, seed, _, _), row in zip(jobs, rows):  # in the order of the table, whatever finished first
             report(name, seed, row)
 
-    n_seeds = len(args.seeds)
     label = "STAND-IN rationales (phantom corpus, no teacher, no feature KD): " if stand_in else ""
     summaries, verdicts = {}, {}
     for set_name, by_variant in results.items():
-        summary = {name: {k: _mean_sd([r.get(k, math.nan) for r in rows]) for k in ("micro_auc", "macro_auc", "f1_micro", "f1_macro")}
-                   for name, rows in by_variant.items()}
         where_scored = f"{prepared} {set_name} split" if set_name != "heldout" else f"held-out phantom {args.heldout}"
-        print(f"\n{label}student quality on the {where_scored} ({sizes[set_name]} studies), mean ± sd over {n_seeds} "
-              f"seed(s) {args.seeds}; label F1 = chexpert_rules_f1 (rule-based labeler), micro/macro over 14")
-        print(f"{'student':<22}{'micro-AUC':>18}{'macro-AUC':>18}{'F1 micro':>18}{'F1 macro':>18}")
-        for name, sm in summary.items():
-            cells = "".join(f"{'n/a':>18}" if math.isnan(m) else f"{m:>11.4f} ± {sd:.3f}" for m, sd in sm.values())
-            print(f"{name:<22}{cells}")
-        # paired by seed: the same seed gives both students the same initialisation and batch order
-        pairs = list(zip(by_variant["+ distillation"], by_variant["+ report"]))
-        f1_diff = [d["f1_micro"] - r["f1_micro"] for d, r in pairs]
-        auc_diff = [d["micro_auc"] - r["micro_auc"] for d, r in pairs]
-        (g, gsd), (a, asd) = _mean_sd(f1_diff), _mean_sd(auc_diff)
-        verdict = {"f1_micro_gain_over_report": {"mean": g, "sd": gsd},
-                   "micro_auc_change_over_report": {"mean": a, "sd": asd},
-                   "seeds_f1_higher": sum(x > 0 for x in f1_diff), "seeds_micro_auc_not_lower": sum(x >= 0 for x in auc_diff),
-                   "beats_on_f1": bool(g > 0), "keeps_micro_auc": bool(a >= 0)}
-        print(f"distillation vs + report, paired by seed: label F1 micro {g:+.4f} ± {gsd:.3f} (higher in "
-              f"{verdict['seeds_f1_higher']}/{n_seeds}), micro-AUC {a:+.4f} ± {asd:.3f} (not lower in "
-              f"{verdict['seeds_micro_auc_not_lower']}/{n_seeds}) -> "
-              f"{'PASS' if verdict['beats_on_f1'] and verdict['keeps_micro_auc'] else 'FAIL'}")
+        summary, verdict = _summarise(by_variant, f"{label}student quality on the {where_scored} "
+                                                  f"({sizes[set_name]} studies)", args.seeds)
         summaries[set_name], verdicts[set_name] = summary, verdict
     blob = {"data": str(prepared), "rationales": "STAND-IN: phantom corpus rationale texts" if stand_in else str(rat_dir),
             "seeds": args.seeds, "eval_sets": {k: {"studies": n, "source": args.heldout if k == "heldout" else f"{prepared}:{k}"}

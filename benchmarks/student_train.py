@@ -63,7 +63,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=256, help="synthetic training studies")
     p.add_argument("--size", type=int, default=128, help="synthetic image size")
@@ -79,7 +79,39 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="--egl: interleaved rounds (the best of them counts)")
     p.add_argument("--egl", action="store_true", help="measure the EGL terms' cost (see the module docstring)")
     p.add_argument("--out", default=None, help="JSON result (default benchmarks/results/student_train[_egl].json)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _inputs(args):
+    """(prepared cache, tokenizer, rationale cache, a description): the caches named on the command
+    line, or synthetic ones."""
+    if args.prepared:
+        from kdistill.data.prepare import load_prepared as load_prepared_cache
+        from teacher.cache import STUDENT_COLUMNS, load_rationales
+        from student.train_data import load_tokenizer
+
+        return (load_prepared_cache(args.prepared), load_tokenizer(args.tokenizer),
+                load_rationales(args.rationales, STUDENT_COLUMNS), args.prepared)
+    from student.synthetic import make_prepared, make_rationales, make_tokenizer
+
+    prep = make_prepared(args.n, 16, size=args.size, rois=args.egl)
+    return prep, make_tokenizer(prep), make_rationales(prep), f"synthetic n={args.n} size={args.size}"
+
+
+def _print_table(result: dict, loader_ips: float, full_ips: float, cls_ips: float) -> None:
+    print(f"student training throughput ({result['device']}, {result['cpu_threads']} threads, batch "
+          f"{result['batch_size']}, {result['image_size'][0]}px, {result['parameters'] / 1e6:.2f} M params, "
+          f"{result['data']})")
+    print(f"{'what':<34}{'images/s':>12}")
+    print(f"{'data loader (collate, no model)':<34}{loader_ips:>12.1f}")
+    print(f"{'full step (cls+report+KD+emb)':<34}{full_ips:>12.1f}")
+    print(f"{'classification-only step':<34}{cls_ips:>12.1f}")
+    print(f"full / classification-only = {result['ratios']['full_over_classification_only']:.3f}   "
+          f"loader / full step = {result['ratios']['data_loader_over_full_step']:.2f}")
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     args.out = args.out or ("benchmarks/results/student_train_egl.json" if args.egl else "benchmarks/results/student_train.json")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,23 +122,9 @@ def main(argv=None) -> int:
     from student.data import Collate, StudyDataset, rationale_index
     from student.losses import LossWeights
     from student.model import create_student
-    from student.synthetic import make_prepared, make_rationales, make_tokenizer
     from student.text import TokenSpec
 
-    if args.prepared:
-        from kdistill.data.prepare import load_prepared as load_prepared_cache
-        from teacher.cache import STUDENT_COLUMNS, load_rationales
-        from student.train_data import load_tokenizer
-
-        prep = load_prepared_cache(args.prepared)
-        tok = load_tokenizer(args.tokenizer)
-        rat = load_rationales(args.rationales, STUDENT_COLUMNS)
-        source = args.prepared
-    else:
-        prep = make_prepared(args.n, 16, size=args.size, rois=args.egl)
-        tok = make_tokenizer(prep)
-        rat = make_rationales(prep)
-        source = f"synthetic n={args.n} size={args.size}"
+    prep, tok, rat, source = _inputs(args)
     index, _ = rationale_index(rat)
     model_dict, augment_dict = {}, {}
     if args.config:
@@ -163,14 +181,7 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-    print(f"student training throughput ({result['device']}, {result['cpu_threads']} threads, batch {args.batch_size}, "
-          f"{model.image_size[0]}px, {params / 1e6:.2f} M params, {source})")
-    print(f"{'what':<34}{'images/s':>12}")
-    print(f"{'data loader (collate, no model)':<34}{loader_ips:>12.1f}")
-    print(f"{'full step (cls+report+KD+emb)':<34}{full_ips:>12.1f}")
-    print(f"{'classification-only step':<34}{cls_ips:>12.1f}")
-    print(f"full / classification-only = {result['ratios']['full_over_classification_only']:.3f}   "
-          f"loader / full step = {result['ratios']['data_loader_over_full_step']:.2f}")
+    _print_table(result, loader_ips, full_ips, cls_ips)
     out = Path(args.out)
     cfglib.write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

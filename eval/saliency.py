@@ -1,6 +1,10 @@
 """Saliency benchmark: is a map in the right place, does it drive the prediction, is it stable,
 and does it depend on the model at all?
 
+This module holds the benchmark (:func:`saliency_benchmark`, its config, the aggregation over
+findings); the metrics it runs live in ``eval.saliency_maps`` (they read maps only) and
+``eval.saliency_probes`` (they run the model), and are re-exported here.
+
 After "Toward Faithful Segmentation Attribution via Benchmarking and Dual-Evidence Fusion"
 (arXiv 2603.22624): attribution judged by measurement, not looks. Definitions follow Quantus
 where it has the metric; every choice that Quantus leaves open is written down here.
@@ -54,23 +58,19 @@ constant map -> 0 (no rank agreement is possible).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy import ndimage, stats
 from torch import Tensor
 
-from kdistill.saliency.base import finding_probability, model_device
-
-#: the benchmark's method interface: (model, images (B, C, H, W), finding index) -> maps (B, H, W)
-Method = Callable[[Any, Tensor, int], "np.ndarray | Tensor"]
+# The metrics live in two modules, re-exported here (this module is their public home):
+from eval.saliency_maps import (as_maps, as_masks, dice_iou, energy_pointing_game, leakage,  # noqa: F401
+                                masks_from_roi_bits, pointing_game, spearman_maps, ssim_maps, threshold_maps)
+from eval.saliency_probes import (Method, deletion_insertion, maps_of, perturbation_robustness,  # noqa: F401
+                                  randomisation_check)
 
 
 @dataclasses.dataclass
@@ -104,310 +104,6 @@ class SaliencyBenchConfig:
             raise ValueError("pointing_tolerance, shift_px and noise_sigma must be >= 0, random_orders >= 1")
 
 
-# ----------------------------------------------------------------------------- inputs
-
-def _as_maps(maps: Any, name: str = "maps") -> np.ndarray:
-    if isinstance(maps, Tensor):
-        maps = maps.detach().cpu().numpy()
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 3:
-        raise ValueError(f"{name} must be (B, H, W), got shape {maps.shape}")
-    if not np.isfinite(maps).all():
-        raise ValueError(f"{name} contain NaN or infinite values")
-    return maps
-
-
-def _as_masks(masks: Any, like: np.ndarray, name: str = "masks") -> np.ndarray:
-    if isinstance(masks, Tensor):
-        masks = masks.detach().cpu().numpy()
-    masks = np.asarray(masks).astype(bool)
-    if masks.shape != like.shape:
-        raise ValueError(f"{name} have shape {masks.shape}, maps have {like.shape}")
-    return masks
-
-
-def _mass(a: np.ndarray) -> np.ndarray:
-    """Non-negative attribution mass; a map without mass is flat (no preference)."""
-    a = np.clip(a, 0, None)
-    return a if a.sum() > 0 else np.ones_like(a)
-
-
-def masks_from_roi_bits(roi_bits: Any, finding: int) -> tuple[np.ndarray, np.ndarray]:
-    """From the prepared cache's ``roi_bits`` (B, S, S) uint16: (target mask, union of other findings' masks)."""
-    bits = np.asarray(roi_bits).astype(np.int64)
-    target = (bits >> finding) & 1
-    other = bits & ~(1 << finding)
-    return target.astype(bool), other.astype(bool)
-
-
-# ----------------------------------------------------------------------------- localisation
-
-def pointing_game(maps: Any, masks: Any, tolerance: float = 0.0) -> np.ndarray:
-    """Per image: share of the map's maximal pixels that lie within ``tolerance`` px of the region."""
-    maps = _as_maps(maps)
-    masks = _as_masks(masks, maps)
-    out = np.full(len(maps), np.nan)
-    for b, (a, m) in enumerate(zip(maps, masks)):
-        if not m.any():
-            continue
-        region = m if tolerance <= 0 else ndimage.distance_transform_edt(~m) <= tolerance
-        top = a >= a.max()
-        out[b] = (top & region).sum() / top.sum()
-    return out
-
-
-def energy_pointing_game(maps: Any, masks: Any) -> np.ndarray:
-    """Per image: share of non-negative attribution mass inside the region."""
-    maps = _as_maps(maps)
-    masks = _as_masks(masks, maps)
-    out = np.full(len(maps), np.nan)
-    for b, (a, m) in enumerate(zip(maps, masks)):
-        if m.any():
-            a = _mass(a)
-            out[b] = a[m].sum() / a.sum()
-    return out
-
-
-def threshold_maps(maps: Any, masks: Any, threshold: str | float = "match", seed: int = 0) -> np.ndarray:
-    """Binary maps (B, H, W): top-k pixels (k = region area) for "match", else map >= t * max(map)."""
-    maps = _as_maps(maps)
-    masks = _as_masks(masks, maps)
-    rng = np.random.default_rng(seed)
-    out = np.zeros(maps.shape, dtype=bool)
-    for b, (a, m) in enumerate(zip(maps, masks)):
-        if threshold == "match":
-            k = int(m.sum())
-            order = _descending_order(a, rng)
-            out[b].reshape(-1)[order[:k]] = True
-        else:
-            peak = a.max()
-            out[b] = (a >= float(threshold) * peak) if peak > 0 else False
-    return out
-
-
-def dice_iou(maps: Any, masks: Any, threshold: str | float = "match", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per image Dice and IoU of the thresholded map against the region (NaN for an empty region)."""
-    maps = _as_maps(maps)
-    masks = _as_masks(masks, maps)
-    pred = threshold_maps(maps, masks, threshold, seed)
-    dice = np.full(len(maps), np.nan)
-    iou = np.full(len(maps), np.nan)
-    for b, (p, m) in enumerate(zip(pred, masks)):
-        if not m.any():
-            continue
-        inter = (p & m).sum()
-        dice[b] = 2 * inter / (p.sum() + m.sum())
-        iou[b] = inter / (p | m).sum()
-    return dice, iou
-
-
-def leakage(maps: Any, masks: Any, other_masks: Any = None) -> dict[str, np.ndarray]:
-    """Per image: ``outside`` = mass outside the target region; ``other`` = mass on other findings'
-    regions minus the target region (NaN where there is none)."""
-    maps = _as_maps(maps)
-    masks = _as_masks(masks, maps)
-    outside = 1.0 - energy_pointing_game(maps, masks)
-    other = np.full(len(maps), np.nan)
-    if other_masks is not None:
-        others = _as_masks(other_masks, maps, "other_masks") & ~masks
-        for b, (a, o, m) in enumerate(zip(maps, others, masks)):
-            if o.any() and m.any():
-                a = _mass(a)
-                other[b] = a[o].sum() / a.sum()
-    return {"outside": outside, "other": other}
-
-
-# ----------------------------------------------------------------------------- faithfulness
-
-def _descending_order(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Flat pixel indices by decreasing value, ties in random order (raster order would bias)."""
-    flat = a.reshape(-1)
-    return np.lexsort((rng.random(flat.size), -flat))
-
-
-def _blur(images: Tensor, sigma: float) -> Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    kernel = kernel / kernel.sum()
-    c = images.shape[1]
-    out = F.pad(images, (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-
-
-def _baseline(images: Tensor, baseline: str | float) -> Tensor:
-    if baseline == "mean":
-        return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
-    if baseline == "blur":
-        return _blur(images, sigma=max(images.shape[-2:]) / 16)
-    return torch.full_like(images, float(baseline))
-
-
-def _perturbation_curves(model: Any, images: Tensor, finding: int, orders: np.ndarray, steps: int,
-                         baseline: Tensor, insertion: bool, batch_size: int) -> np.ndarray:
-    """(B, steps + 1) probabilities after removing (or revealing) the first n_s pixels of each order."""
-    b, _, h, w = images.shape
-    ranks = np.empty_like(orders)
-    np.put_along_axis(ranks, orders, np.arange(h * w)[None].repeat(b, 0), axis=1)
-    ranks = torch.as_tensor(ranks, device=images.device).view(b, 1, h, w)
-    counts = [round(s * h * w / steps) for s in range(steps + 1)]
-    curves = np.zeros((b, steps + 1))
-    for s, n in enumerate(counts):
-        changed = ranks < n
-        x = torch.where(changed, images, baseline) if insertion else torch.where(changed, baseline, images)
-        curves[:, s] = finding_probability(model, x, finding, batch_size).cpu().numpy()
-    return curves
-
-
-def _auc(curves: np.ndarray) -> np.ndarray:
-    steps = curves.shape[1] - 1
-    return (curves[:, 1:] + curves[:, :-1]).sum(axis=1) / (2 * steps)
-
-
-def deletion_insertion(model: Any, images: Tensor, maps: Any, finding: int, steps: int = 20,
-                       baseline: str | float = 0.0, random_orders: int = 3, seed: int = 0,
-                       batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Deletion/insertion AUCs per image for the map's pixel order and for random orders."""
-    maps = _as_maps(maps)
-    images = images.to(model_device(model))
-    if maps.shape != (images.shape[0], *images.shape[-2:]):
-        raise ValueError(f"maps have shape {maps.shape}, images {tuple(images.shape)}")
-    rng = np.random.default_rng(seed)
-    base = _baseline(images, baseline)
-    attributed = np.stack([_descending_order(a, rng) for a in maps])
-    out: dict[str, np.ndarray] = {}
-    for kind, insertion in (("deletion", False), ("insertion", True)):
-        curve = _perturbation_curves(model, images, finding, attributed, steps, base, insertion, batch_size)
-        random_auc = np.zeros(len(maps))
-        for _ in range(random_orders):
-            orders = np.stack([rng.permutation(maps[0].size) for _ in maps])
-            random_auc += _auc(_perturbation_curves(model, images, finding, orders, steps, base, insertion,
-                                                    batch_size)) / random_orders
-        out[f"{kind}_auc"] = _auc(curve)
-        out[f"{kind}_auc_random"] = random_auc
-        out[f"{kind}_curve"] = curve
-    out["deletion_gap"] = out["deletion_auc_random"] - out["deletion_auc"]
-    out["insertion_gap"] = out["insertion_auc"] - out["insertion_auc_random"]
-    return out
-
-
-# ----------------------------------------------------------------------------- similarity
-
-def spearman_maps(a: Any, b: Any) -> np.ndarray:
-    """Per image Spearman rank correlation of two map batches (constant maps: see module doc)."""
-    a, b = _as_maps(a, "a"), _as_maps(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"map batches differ in shape: {a.shape} vs {b.shape}")
-    out = np.zeros(len(a))
-    for i, (x, y) in enumerate(zip(a, b)):
-        flat_x, flat_y = np.ptp(x) == 0, np.ptp(y) == 0
-        if flat_x or flat_y:
-            out[i] = 1.0 if (flat_x and flat_y) else 0.0
-        else:
-            out[i] = stats.spearmanr(x.ravel(), y.ravel()).statistic
-    return out
-
-
-def ssim_maps(a: Any, b: Any, win_size: int = 7, data_range: float = 1.0) -> np.ndarray:
-    """Per image SSIM (Wang et al. 2004) with skimage's defaults: uniform ``win_size`` window,
-    sample covariance, K1 = 0.01, K2 = 0.03, mean over windows that lie inside the image."""
-    a, b = _as_maps(a, "a"), _as_maps(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"map batches differ in shape: {a.shape} vs {b.shape}")
-    win = min(win_size, *a.shape[1:])
-    win -= 1 - win % 2  # odd, so the window has a centre
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    cov_norm = win * win / (win * win - 1) if win > 1 else 1.0
-    pad = (win - 1) // 2
-    out = np.zeros(len(a))
-    for i, (x, y) in enumerate(zip(a, b)):
-        mx, my = (ndimage.uniform_filter(v, win, mode="reflect") for v in (x, y))
-        vx = cov_norm * (ndimage.uniform_filter(x * x, win, mode="reflect") - mx * mx)
-        vy = cov_norm * (ndimage.uniform_filter(y * y, win, mode="reflect") - my * my)
-        vxy = cov_norm * (ndimage.uniform_filter(x * y, win, mode="reflect") - mx * my)
-        s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-        out[i] = s[pad:s.shape[0] - pad, pad:s.shape[1] - pad].mean()
-    return out
-
-
-# ----------------------------------------------------------------------------- robustness, sanity
-
-def _shift(images: Tensor, px: int) -> Tensor:
-    """Shift content ``px`` pixels down and right, replicating the top/left edge."""
-    if px == 0:
-        return images
-    padded = F.pad(images, (px, 0, px, 0), mode="replicate")
-    return padded[..., :images.shape[-2], :images.shape[-1]]
-
-
-def _maps(method: Method, model: Any, images: Tensor, finding: int) -> np.ndarray:
-    return _as_maps(method(model, images, finding), f"maps from {getattr(method, '__name__', 'method')}")
-
-
-def perturbation_robustness(model: Any, images: Tensor, finding: int, method: Method, maps: Any = None,
-                            noise_sigma: float = 0.05, shift_px: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """Per image Spearman and SSIM between the maps of clean and perturbed images."""
-    images = images.to(model_device(model))
-    clean = _maps(method, model, images, finding) if maps is None else _as_maps(maps)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn(images.shape, generator=gen).to(images.device, images.dtype) * noise_sigma
-    noisy = _maps(method, model, images + noise, finding)
-    out = {"noise_spearman": spearman_maps(clean, noisy), "noise_ssim": ssim_maps(clean, noisy)}
-    if shift_px > 0:
-        moved = _maps(method, model, _shift(images, shift_px), finding)
-        back, ref = moved[:, shift_px:, shift_px:], clean[:, :-shift_px, :-shift_px]
-        out["shift_spearman"] = spearman_maps(ref, back)
-        out["shift_ssim"] = ssim_maps(ref, back)
-    return out
-
-
-def _parameterised_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Modules owning parameters directly, output side first (reverse registration order)."""
-    layers = [(name or "<root>", m) for name, m in model.named_modules()
-              if next(m.parameters(recurse=False), None) is not None]
-    return layers[::-1]
-
-
-@torch.no_grad()
-def _randomise_(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """Re-draw a module's own parameters from N(0, s^2), s = their spread (or scale, or 0.02)."""
-    for p in module.parameters(recurse=False):
-        data = p.detach().float()
-        scale = float(data.std()) if data.numel() > 1 else 0.0
-        scale = scale or float(data.abs().mean()) or 0.02
-        p.copy_((torch.randn(p.shape, generator=gen) * scale).to(p.device, p.dtype))
-
-
-def randomisation_check(model: torch.nn.Module, images: Tensor, finding: int, method: Method, maps: Any = None,
-                        mode: str = "full", seed: int = 0) -> dict[str, Any]:
-    """Maps of a randomised copy of the model vs the original maps (the model itself is untouched).
-
-    Returns per image ``spearman`` and ``ssim`` for the fully randomised model; with
-    ``mode="cascading"`` also ``by_layer``: [(layer name, mean spearman)] after randomising
-    each layer in turn, from the output down.
-    """
-    if mode not in ("full", "cascading"):
-        raise ValueError(f"mode must be 'full' or 'cascading', got {mode!r}")
-    images = images.to(model_device(model))
-    original = _maps(method, model, images, finding) if maps is None else _as_maps(maps)
-    randomised = copy.deepcopy(model)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    layers = _parameterised_layers(randomised)
-    if not layers:
-        raise ValueError("the model has no parameters to randomise")
-    by_layer = []
-    for name, layer in layers:
-        _randomise_(layer, gen)
-        if mode == "cascading":
-            by_layer.append((name, float(np.mean(spearman_maps(original, _maps(method, randomised, images, finding))))))
-    final = _maps(method, randomised, images, finding)
-    out: dict[str, Any] = {"spearman": spearman_maps(original, final), "ssim": ssim_maps(original, final)}
-    if mode == "cascading":
-        out["by_layer"] = by_layer
-    return out
-
-
 # ----------------------------------------------------------------------------- the benchmark
 
 def _mean(values: np.ndarray) -> float:
@@ -436,11 +132,11 @@ def saliency_benchmark(model: Any, images: Tensor, masks: Any, finding: int, met
     seconds = float("nan")
     if maps is None:
         start = time.perf_counter()
-        maps = _maps(method, model, images, finding)
+        maps = maps_of(method, model, images, finding)
         seconds = (time.perf_counter() - start) / max(1, images.shape[0])
     else:
-        maps = _as_maps(maps)
-    masks = _as_masks(masks, maps)
+        maps = as_maps(maps)
+    masks = as_masks(masks, maps)
     if maps.shape != (images.shape[0], *images.shape[-2:]):
         raise ValueError(f"maps have shape {maps.shape}, images {tuple(images.shape)}")
 

@@ -121,6 +121,24 @@ def _method_maps(method, model, images, findings: np.ndarray, batch: int) -> np.
                                       dtype=np.float64) for s in range(0, len(images), batch)])
 
 
+def _method_metrics(prefix: str, per: dict[str, np.ndarray], found: np.ndarray, n_costly: int,
+                    seconds: float) -> dict[str, float]:
+    """One method's summary: each metric's mean over the pairs, the pair counts, the time per map
+    and the localisation metrics per finding (``found``: the finding of each pair)."""
+    out: dict[str, float] = {}
+    for metric, values in per.items():
+        out[f"{prefix}/{metric}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    out[f"{prefix}/n_pairs"] = float(len(found))
+    out[f"{prefix}/n_pairs_costly"] = float(n_costly)
+    out[f"{prefix}/seconds_per_map"] = seconds / max(1, len(found))
+    for j in sorted(set(found.tolist())):
+        rows_j = found == j
+        for metric in ("pointing_game", "chance_pointing", "energy_pointing_game", "chance_energy"):
+            out[f"{prefix}/by_finding/{FINDINGS[j]}/{metric}"] = float(np.nanmean(per[metric][rows_j]))
+        out[f"{prefix}/by_finding/{FINDINGS[j]}/n_pairs"] = float(rows_j.sum())
+    return out
+
+
 def score_student_saliency(model: Any, ref: ReferenceSet, cfg: SaliencyEvalConfig, seed: int = 0,
                            out_dir: Path | None = None) -> tuple[dict[str, float | str], list[str]]:
     """Saliency metrics (unprefixed names, ``saliency/...``) and notes for the summary; writes the
@@ -175,17 +193,7 @@ def score_student_saliency(model: Any, ref: ReferenceSet, cfg: SaliencyEvalConfi
                                       other_masks=other[sub], config=bench_costly, maps=maps[sub])
             per.update({m: deep[f"{m}_per_sample"] for m in COSTLY if f"{m}_per_sample" in deep})
         gallery_maps[name] = list(maps[:cfg.gallery])
-        prefix = f"saliency/{name}"
-        for metric, values in per.items():
-            out[f"{prefix}/{metric}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-        out[f"{prefix}/n_pairs"] = float(len(chosen))
-        out[f"{prefix}/n_pairs_costly"] = float(len(sub))
-        out[f"{prefix}/seconds_per_map"] = seconds / max(1, len(chosen))
-        for j in sorted(set(found.tolist())):
-            rows_j = found == j
-            for metric in ("pointing_game", "chance_pointing", "energy_pointing_game", "chance_energy"):
-                out[f"{prefix}/by_finding/{FINDINGS[j]}/{metric}"] = float(np.nanmean(per[metric][rows_j]))
-            out[f"{prefix}/by_finding/{FINDINGS[j]}/n_pairs"] = float(rows_j.sum())
+        out.update(_method_metrics(f"saliency/{name}", per, found, len(sub), seconds))
     notes = [f"Saliency: {len(chosen)} (study, finding) pairs with a labelled-positive finding and an expert region "
              f"(of {len(pairs)} in the split; {n_with} studies have regions) for localisation; the first "
              f"{len(costly)} of them for deletion/insertion ({cfg.steps} steps, baseline 0 = black), noise "

@@ -180,6 +180,37 @@ def test_metric(model, test: Studies) -> dict[str, float]:
 
 # --- one run, resumable by round
 
+def _saved_state(state_file: Path, key: str) -> dict[str, Any] | None:
+    """The run's state.json when this config wrote it; None when there is none or another config's."""
+    if not state_file.is_file():
+        return None
+    import json
+
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(state_file, f"unreadable run state ({err}); delete the folder to start over") from None
+    if state.get("config_hash") != key:
+        log.warning("%s: made by another config: starting this run over", state_file)
+        return None
+    return state
+
+
+def _new_state(cfg: ActiveConfig, strategy: str, seed: int, ids, key: str) -> dict[str, Any]:
+    """A fresh run's state: the seeded seed set labelled, no rounds yet."""
+    if len(ids) <= cfg.seed_size:
+        raise DataError(None, f"the pool split {cfg.pool_split!r} has {len(ids)} studies: no pool is left after a "
+                              f"seed set of {cfg.seed_size}")
+    first = _rng(seed, 1).choice(len(ids), size=cfg.seed_size, replace=False)
+    state = {"config_hash": key, "strategy": strategy, "seed": seed, "labelled": [ids[i] for i in sorted(first)],
+             "rounds": [], "stopped_at_pool": False}
+    if cfg.budget > len(ids) - cfg.seed_size:
+        state["stopped_at_pool"] = True
+        log.warning("budget %d is larger than the pool (%d studies after the seed set): the run stops when the "
+                    "pool is empty", cfg.budget, len(ids) - cfg.seed_size)
+    return state
+
+
 def run_one(cfg: ActiveConfig, strategy: str, seed: int, pool_studies: Studies, test: Studies,
             run_dir: Path, stop_after: int | None = None) -> dict[str, Any]:
     """One strategy and seed; ``stop_after`` (tests) returns after that many rounds are done
@@ -194,28 +225,9 @@ def run_one(cfg: ActiveConfig, strategy: str, seed: int, pool_studies: Studies, 
     ids = pool_studies.study_id
     index = {s: i for i, s in enumerate(ids)}
     state_file = run_dir / "state.json"
-    state = None
-    if state_file.is_file():
-        import json
-
-        try:
-            state = json.loads(state_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise DataError(state_file, f"unreadable run state ({err}); delete the folder to start over") from None
-        if state.get("config_hash") != key:
-            log.warning("%s: made by another config: starting this run over", state_file)
-            state = None
+    state = _saved_state(state_file, key)
     if state is None:
-        if len(ids) <= cfg.seed_size:
-            raise DataError(None, f"the pool split {cfg.pool_split!r} has {len(ids)} studies: no pool is left after a "
-                                  f"seed set of {cfg.seed_size}")
-        first = _rng(seed, 1).choice(len(ids), size=cfg.seed_size, replace=False)
-        state = {"config_hash": key, "strategy": strategy, "seed": seed, "labelled": [ids[i] for i in sorted(first)],
-                 "rounds": [], "stopped_at_pool": False}
-        if cfg.budget > len(ids) - cfg.seed_size:
-            state["stopped_at_pool"] = True
-            log.warning("budget %d is larger than the pool (%d studies after the seed set): the run stops when the "
-                        "pool is empty", cfg.budget, len(ids) - cfg.seed_size)
+        state = _new_state(cfg, strategy, seed, ids, key)
     elif cfg.warm_start and state["rounds"]:
         model.load_state_dict(torch.load(run_dir / state["weights"], weights_only=True))
     budget = min(cfg.budget, len(ids) - cfg.seed_size)

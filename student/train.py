@@ -3,7 +3,10 @@
 Read it top to bottom: :func:`train` calls :func:`setup` (accelerator, data, model, optimizer,
 schedule, resumed state), a sanity pass of :func:`validate` on two validation batches, :func:`fit`
 (the loop: a step, then logging, validation and resumable states on their schedules) and
-:func:`finish` (thresholds and metrics from the best weights' validation pass).
+:func:`finish` (thresholds and metrics from the best weights' validation pass). Around it:
+``student.train_cli`` (the command, the pipeline stage; re-exported here), ``student.train_data``
+(datasets), ``student.train_support`` (accelerator, logs, the per-batch pieces of a step) and
+``student.train_config``.
 
 One CPU process, several CPU processes (gloo), one or many GPUs (DDP; FSDP through an accelerate
 config) run the same code: ``accelerate launch --config_file accelerate_config.yaml -m kdistill.cli
@@ -19,12 +22,10 @@ installed.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,21 +36,18 @@ from kdistill import config as cfglib
 from kdistill import scoring
 from kdistill.errors import DataError
 from kdistill.io import nonfinite_to_none, write_json
-from kdistill.outputs import own_output, pop_overwrite
+from kdistill.outputs import own_output
 from kdistill.training import Checkpoints, cosine_schedule
 from student import checkpoint as ckpt
 from student.augment import augment
 from student.losses import student_loss
 from student.train_config import StudentTrainConfig
-from student.train_data import build_datasets, load_inputs
-from student.train_support import (CsvLog, RunningMeans, clear_previous_run, make_accelerator, param_groups,
-                                   selection_score)
+from student.train_data import build_datasets
+from student.train_cli import main, run_stage, train_from_paths  # noqa: F401 (the stage's entry points)
+from student.train_support import (CsvLog, NonFiniteLoss, RunningMeans, check_finite, clear_previous_run,
+                                   global_pair_scales, make_accelerator, model_inputs, param_groups, selection_score)
 
 log = logging.getLogger("kdistill.student")
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN/inf: names the step and the batch's studies; the best checkpoint is kept."""
 
 
 @dataclasses.dataclass
@@ -196,7 +194,7 @@ def validate(run: Run, max_batches: int | None = None) -> dict[str, Any]:
         for i, batch in enumerate(run.val_dl):
             if max_batches is not None and i >= max_batches:
                 break
-            out = model(**_model_inputs(batch, cfg))
+            out = model(**model_inputs(batch, cfg))
             loss, _ = student_loss(out, batch, cfg.loss)
             p, t, m = accelerator.gather_for_metrics((torch.sigmoid(out["logits"].float()), batch["targets"], batch["target_mask"]))
             probs.append(p.cpu())
@@ -311,9 +309,9 @@ def _train_step(run: Run, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str
                                           + accelerator.process_index)
         batch["images"] = augment(batch["images"], cfg.augment, g)
     with accelerator.accumulate(model):
-        out = model(**_model_inputs(batch, cfg))
-        loss, terms = student_loss(out, batch, cfg.loss, _global_pair_scales(run, batch))
-        _check_finite(run, loss, batch)
+        out = model(**model_inputs(batch, cfg))
+        loss, terms = student_loss(out, batch, cfg.loss, global_pair_scales(run, batch))
+        check_finite(run, loss, batch)
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.clip_grad > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
@@ -361,124 +359,3 @@ def _after_step(run: Run, window: "RunningMeans", bar) -> bool:
         run.checkpoints.save(accelerator, state.step,
                              {"state": dataclasses.asdict(state), "scheduler": run.scheduler.state_dict()})
     return stop or state.step >= cfg.max_steps
-
-
-def _global_pair_scales(run: Run, batch) -> dict[str, float] | None:
-    """Under several processes, a factor per EGL term so that DDP's average of the processes'
-    gradients is the gradient of the mean over the global batch's (study, finding) pairs, as one
-    process on the whole batch gives: local pairs * processes / global pairs (0 where none)."""
-    from student.losses import egl_pair_counts
-
-    accelerator = run.accelerator
-    counts = egl_pair_counts(batch, run.cfg.loss)
-    if accelerator.num_processes == 1 or not counts:
-        return None
-    names = sorted(counts)
-    local = torch.tensor([counts[k] for k in names], dtype=torch.float64, device=accelerator.device)
-    total = accelerator.reduce(local.clone(), "sum")
-    p = accelerator.num_processes
-    return {k: float(local[i] * p / total[i]) if float(total[i]) > 0 else 0.0 for i, k in enumerate(names)}
-
-
-def _check_finite(run: Run, loss: torch.Tensor, batch) -> None:
-    """Every process agrees on stopping when any has a non-finite loss; the message names its studies."""
-    accelerator, state, out_dir = run.accelerator, run.state, run.out_dir
-    bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0], device=accelerator.device)
-    if float(accelerator.reduce(bad, "sum")) == 0:
-        return
-    from accelerate.utils import gather_object
-
-    ids = [run.data.train.study_ids[i] for i in batch["index"].tolist()] if bad.item() else []
-    ids = gather_object(ids)
-    kept = f"best checkpoint so far kept in {out_dir} (step {state.best_step})" if (out_dir / ckpt.WEIGHTS).is_file() \
-        else "no checkpoint was written yet"
-    raise NonFiniteLoss(f"non-finite loss at step {state.step + 1} (epoch {state.epoch}); batch studies: "
-                        f"{', '.join(ids[:32])}; {kept}")
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def _model_inputs(batch: dict[str, Any], cfg: StudentTrainConfig) -> dict[str, Any]:
-    inputs = {"images": batch["images"]}
-    if cfg.loss.gcam_dice:
-        inputs["with_features"] = True
-    if cfg.loss.rep:
-        inputs["report_ids"] = batch["report_ids"]
-    if cfg.needs_rationales:
-        inputs["rationale_ids"] = batch["rationale_ids"]
-        inputs["rationale_mask"] = batch["rationale_mask"]
-        inputs["with_embedding"] = bool(cfg.loss.emb)
-    return inputs
-
-
-# ----------------------------------------------------------------------------- entry points
-
-def train_from_paths(cfg: StudentTrainConfig, out_dir: str | Path, prepared: str | Path, tokenizer_dir: str | Path,
-                     rationales: str | Path | None, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
-    data, tokenizer, cache = load_inputs(cfg, prepared, tokenizer_dir, rationales)
-    return train(cfg, out_dir, data, tokenizer, cache, tokenizer_dir=tokenizer_dir, rationale_path=rationales, seed=seed,
-                 prepared_path=prepared, overwrite=overwrite)
-
-
-def run_stage(cfg: StudentTrainConfig, ctx) -> dict[str, Any]:
-    """Pipeline stage: prepared cache, rationale cache and teacher tokenizer from the upstream stages.
-    On a dataset without reports (no teacher ran) the student trains its finding heads only."""
-    tokenizer_dir = cfg.tokenizer or ctx.stage_dir("teacher_train")
-    rationales = cfg.rationales or ctx.stage_dir("teacher_generate")
-    if not ctx.data.has_reports and cfg.tokenizer is None:
-        log.warning("the data source %s has no report text: the student trains its finding heads only "
-                    "(loss.rep, kd, emb and tok set to 0)", ctx.data.name)
-        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, rep=0.0, kd=0.0, emb=0.0, tok=0.0))
-        tokenizer_dir = rationales = None
-    metrics = train_from_paths(cfg, ctx.stage_dir("student"), prepared=cfg.prepared or ctx.stage_dir("prepare"),
-                               tokenizer_dir=tokenizer_dir, rationales=rationales, seed=ctx.seed)
-    cover = metrics.get("rationales") or {}
-    return {
-        "checkpoint": str(ctx.stage_dir("student")),
-        "val_micro_auc": metrics["validation"]["micro_auc"],
-        "val_macro_auc": metrics["validation"]["macro_auc"],
-        "best_step": metrics["best_step"],
-        "steps": metrics["steps"],
-        "missing_rationales": cover.get("missing_rationale", 0),
-        "images_per_s": metrics["images_per_s"],
-    }
-
-
-def main(argv: list[str] | None = None, prog: str = "kdistill student train") -> int:
-    from kdistill.command import add_config_arguments, stage_config
-
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Train the student (image encoder + report decoder + 14 finding heads) with accelerate. "
-                    "Several processes: accelerate launch [--config_file accelerate_config.yaml] -m kdistill.cli "
-                    "student train ...",
-    )
-    parser.add_argument("--prepared", required=True, help="prepared image cache (kdistill data prepare)")
-    parser.add_argument("--tokenizer", help="the teacher folder (its tokenizer is shared); omit it for a student of "
-                                            "finding heads only (a dataset without reports; loss.rep=0 loss.kd=0 loss.emb=0)")
-    parser.add_argument("--rationales", help="the teacher's rationale cache folder (needed when w_kd/w_emb/w_tok > 0)")
-    parser.add_argument("--out", required=True, help="output checkpoint folder")
-    parser.add_argument("--resume", action="store_true", help="deprecated: resuming is the default (resume=true)")
-    parser.add_argument("--seed", type=int, default=0, help="the run's seed (the config's seed wins when set)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into --out even when it holds files that are not a student checkpoint")
-    add_config_arguments(parser, "student", example="max_steps=50 loss.kd=0")
-    args = parser.parse_intermixed_args(argv)
-    overwrite = pop_overwrite(args.overrides) or args.overwrite
-    cfg = stage_config(StudentTrainConfig, args, "student")
-    try:
-        metrics = train_from_paths(cfg, args.out, args.prepared, args.tokenizer, args.rationales, args.seed,
-                                   overwrite=overwrite)
-    except NonFiniteLoss as err:
-        print(f"{prog}: stopped: {err}", file=sys.stderr)
-        return 1
-    v = metrics["validation"]
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    print(f"student checkpoint: {args.out}  steps {metrics['steps']} (best {metrics['best_step']})  "
-          f"val micro-AUC {_fmt(v['micro_auc'])}  macro-AUC {_fmt(v['macro_auc'])}  {metrics['images_per_s']} img/s")
-    return 0
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"

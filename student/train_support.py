@@ -1,5 +1,7 @@
-"""What the student's training loop uses besides its steps: the accelerator, the optimizer's
-parameter groups, running means of the loss terms, the CSV log, the selection score."""
+"""What the student's training loop (``student.train``) uses besides its steps: the accelerator,
+the optimizer's parameter groups, running means of the loss terms, the CSV log, the selection
+score; and the pieces of one step that decide nothing: the model's inputs for a batch, the EGL
+terms' global pair scales, the non-finite loss check."""
 from __future__ import annotations
 
 import csv
@@ -102,3 +104,55 @@ class CsvLog:
             return
         with self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=LOG_COLUMNS).writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf: names the step and the batch's studies; the best checkpoint is kept."""
+
+
+def global_pair_scales(run, batch) -> dict[str, float] | None:
+    """Under several processes, a factor per EGL term so that DDP's average of the processes'
+    gradients is the gradient of the mean over the global batch's (study, finding) pairs, as one
+    process on the whole batch gives: local pairs * processes / global pairs (0 where none)."""
+    from student.losses import egl_pair_counts
+
+    accelerator = run.accelerator
+    counts = egl_pair_counts(batch, run.cfg.loss)
+    if accelerator.num_processes == 1 or not counts:
+        return None
+    names = sorted(counts)
+    local = torch.tensor([counts[k] for k in names], dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(local.clone(), "sum")
+    p = accelerator.num_processes
+    return {k: float(local[i] * p / total[i]) if float(total[i]) > 0 else 0.0 for i, k in enumerate(names)}
+
+
+def check_finite(run, loss: torch.Tensor, batch) -> None:
+    """Every process agrees on stopping when any has a non-finite loss: :class:`NonFiniteLoss`,
+    whose message names the step, the batch's studies and the checkpoint kept."""
+    accelerator, state, out_dir = run.accelerator, run.state, run.out_dir
+    bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0], device=accelerator.device)
+    if float(accelerator.reduce(bad, "sum")) == 0:
+        return
+    from accelerate.utils import gather_object
+
+    ids = [run.data.train.study_ids[i] for i in batch["index"].tolist()] if bad.item() else []
+    ids = gather_object(ids)
+    kept = f"best checkpoint so far kept in {out_dir} (step {state.best_step})" if (out_dir / ckpt.WEIGHTS).is_file() \
+        else "no checkpoint was written yet"
+    raise NonFiniteLoss(f"non-finite loss at step {state.step + 1} (epoch {state.epoch}); batch studies: "
+                        f"{', '.join(ids[:32])}; {kept}")
+
+
+def model_inputs(batch: dict[str, Any], cfg: StudentTrainConfig) -> dict[str, Any]:
+    """The model's keyword arguments for a batch: only the inputs the loss terms in use need."""
+    inputs = {"images": batch["images"]}
+    if cfg.loss.gcam_dice:
+        inputs["with_features"] = True
+    if cfg.loss.rep:
+        inputs["report_ids"] = batch["report_ids"]
+    if cfg.needs_rationales:
+        inputs["rationale_ids"] = batch["rationale_ids"]
+        inputs["rationale_mask"] = batch["rationale_mask"]
+        inputs["with_embedding"] = bool(cfg.loss.emb)
+    return inputs

@@ -20,18 +20,19 @@ Counts: studies and images per split, images per view, label prevalence per find
 Other sources (``--source chexpert | nih``, ``kdistill.data.sources``) are checked through their
 loader (``check_source``): every problem it counts (malformed rows, bad labels, images named in
 the CSV but missing on disk, ...) becomes an issue, each loaded image is checked as above, and
-the same counts are printed.
+the same counts are printed. The report (its issues, severities and text) is
+``kdistill.data.check_report``'s, re-exported here.
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import math
-import re
 from pathlib import Path
 from typing import Any
 
+from kdistill.data.check_report import (ERROR, PLAIN_ID, WARNING, CheckReport, Issue, format_report,  # noqa: F401
+                                        is_plain_id)
 from kdistill.data.images import image_size, read_image
 from kdistill.data.mimic import (CHEXPERT, METADATA, METADATA_COLUMNS, ROIS, SPLIT, SPLIT_COLUMNS, SPLITS,
                                  find_table, normalize_id, read_labels, read_table, report_path, study_dir)
@@ -40,66 +41,6 @@ from kdistill.data.sections import extract_sections
 from kdistill.errors import DataError
 from kdistill.io import write_json
 from kdistill.labels import FINDINGS
-
-ERROR, WARNING = "error", "warning"
-_SEVERITY = {  # kind -> severity
-    "missing_file": ERROR, "bad_csv": ERROR, "malformed_row": ERROR, "bad_label": ERROR,
-    "bad_id": ERROR, "duplicate_dicom": ERROR, "duplicate_study": ERROR, "no_split": ERROR, "bad_split": ERROR,
-    "missing_image": ERROR, "corrupt_image": ERROR, "missing_report": ERROR, "bad_roi": ERROR,
-    "roi_unknown_study": ERROR, "roi_unknown_image": ERROR, "roi_outside_image": ERROR, "missing_mask": ERROR,
-    "study_without_images": ERROR, "mixed_split": ERROR, "bad_path": ERROR, "bad_box": ERROR,
-    "unlabelled_study": WARNING, "labels_without_images": WARNING, "split_without_metadata": WARNING,
-    "no_usable_section": WARNING, "size_mismatch": WARNING,
-}
-
-
-# A plain identifier: letters, digits, '.', '_' and '-', not starting with '.' or '-' (so no
-# '..', no hidden names, no option-like names), no slashes, spaces or control characters.
-PLAIN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-
-
-def is_plain_id(value: str) -> bool:
-    """Whether ``value`` is safe as one file or folder name (see ``PLAIN_ID``)."""
-    return bool(PLAIN_ID.fullmatch(value)) and ".." not in value
-
-
-@dataclasses.dataclass
-class Issue:
-    severity: str
-    kind: str
-    path: str
-    message: str
-
-
-@dataclasses.dataclass
-class CheckReport:
-    root: str
-    issues: list[Issue] = dataclasses.field(default_factory=list)
-    counts: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def errors(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == ERROR]
-
-    @property
-    def warnings(self) -> list[Issue]:
-        return [i for i in self.issues if i.severity == WARNING]
-
-    def kinds(self) -> dict[str, int]:
-        return dict(collections.Counter(i.kind for i in self.issues))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"root": self.root, "ok": not self.errors, "errors": len(self.errors), "warnings": len(self.warnings),
-                "issue_counts": self.kinds(), "counts": self.counts,
-                "issues": [dataclasses.asdict(i) for i in self.issues]}
-
-    def add(self, kind: str, path: Any, message: str) -> None:
-        self.issues.append(Issue(_SEVERITY[kind], kind, str(path) if path is not None else "", message))
-
-    def __call__(self, error: DataError, kind: str) -> None:
-        # Duck-types SkipCounter, so the loaders' readers report into the check.
-        self.add(kind, error.path, error.problem)
-
 
 def check_dataset(root: str | Path, decode: bool = False) -> CheckReport:
     """Check a dataset root; never raises on bad data (every problem becomes an Issue)."""
@@ -290,18 +231,27 @@ def _counts(studies, images, split_of, labels, views) -> dict[str, Any]:
     for dicom_id in images:
         if dicom_id in split_of:
             per_split[split_of[dicom_id]]["images"] += 1
-    prevalence = {f: {"positive": 0, "negative": 0, "uncertain": 0, "blank": 0} for f in FINDINGS}
+    prevalence = _no_labels()
     labelled = 0
     for study_id, values in (labels or {}).items():
         if study_id == "_path":
             continue
         labelled += 1
-        for name, value in zip(FINDINGS, values):
-            key = ("blank" if math.isnan(value) else "positive" if value == 1 else
-                   "negative" if value == 0 else "uncertain")
-            prevalence[name][key] += 1
+        _count_labels(prevalence, values)
     return {"studies": len(studies), "images": len(images), "labelled_studies": labelled, "splits": per_split,
             "views": dict(views), "label_prevalence": prevalence}
+
+
+def _no_labels() -> dict[str, dict[str, int]]:
+    return {f: {"positive": 0, "negative": 0, "uncertain": 0, "blank": 0} for f in FINDINGS}
+
+
+def _count_labels(prevalence: dict[str, dict[str, int]], values) -> None:
+    """Add one study's 14 labels (1, 0, -1, NaN = blank) to the per-finding prevalence counts."""
+    for name, value in zip(FINDINGS, values):
+        key = ("blank" if math.isnan(value) else "positive" if value == 1 else
+               "negative" if value == 0 else "uncertain")
+        prevalence[name][key] += 1
 
 
 def check_source(data, decode: bool = False) -> CheckReport:
@@ -316,7 +266,7 @@ def check_source(data, decode: bool = False) -> CheckReport:
                    err.path, err.problem)
         return report
     per_split: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"studies": 0, "images": 0})
-    prevalence = {f: {"positive": 0, "negative": 0, "uncertain": 0, "blank": 0} for f in FINDINGS}
+    prevalence = _no_labels()
     views: collections.Counter[str] = collections.Counter()
     images = labelled = 0
     for study in studies:
@@ -330,47 +280,10 @@ def check_source(data, decode: bool = False) -> CheckReport:
             _check_image(report, Path(path), {"_path": data.root, "_line": "?"}, decode)
         if not all(math.isnan(v) for v in study.labels):
             labelled += 1
-            for name, value in zip(FINDINGS, study.labels):
-                key = ("blank" if math.isnan(value) else "positive" if value == 1 else
-                       "negative" if value == 0 else "uncertain")
-                prevalence[name][key] += 1
+            _count_labels(prevalence, study.labels)
     report.counts = {"studies": len(studies), "images": images, "labelled_studies": labelled,
                      "splits": dict(per_split), "views": dict(views), "label_prevalence": prevalence}
     return report
-
-
-def format_report(report: CheckReport, max_per_kind: int = 10) -> str:
-    """Readable summary: counts, prevalence, then the issues by kind and file."""
-    c = report.counts
-    lines = [f"dataset: {report.root}", f"  studies: {c.get('studies', 0)}   images: {c.get('images', 0)}   "
-             f"labelled studies: {c.get('labelled_studies', 0)}"]
-    for split, n in c.get("splits", {}).items():
-        lines.append(f"  {split:<9} {n['studies']:>7} studies {n['images']:>7} images")
-    if c.get("views"):
-        lines.append("  views: " + ", ".join(f"{v}={n}" for v, n in sorted(c["views"].items())))
-    if c.get("labelled_studies"):
-        lines.append(f"  label prevalence (of {c['labelled_studies']} labelled studies): positive / uncertain / negative / blank")
-        for name, p in c["label_prevalence"].items():
-            lines.append(f"    {name:<27} {p['positive']:>6} {p['uncertain']:>6} {p['negative']:>6} {p['blank']:>6}")
-    by_kind: dict[str, list[Issue]] = collections.defaultdict(list)
-    for issue in report.issues:
-        by_kind[issue.kind].append(issue)
-    for severity in (ERROR, WARNING):
-        kinds = [k for k, items in by_kind.items() if items[0].severity == severity]
-        if not kinds:
-            continue
-        total = sum(len(by_kind[k]) for k in kinds)
-        lines.append(f"{severity}s: {total}")
-        for kind in sorted(kinds):
-            items = by_kind[kind]
-            lines.append(f"  {kind}: {len(items)}")
-            for issue in items[:max_per_kind]:
-                lines.append(f"    {issue.path}: {issue.message}")
-            if len(items) > max_per_kind:
-                lines.append(f"    ... and {len(items) - max_per_kind} more (all of them with --json)")
-    lines.append("result: " + (f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
-                               if report.issues else "no problems found"))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None, prog: str = "kdistill data check") -> int:

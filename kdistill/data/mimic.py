@@ -211,36 +211,8 @@ def load_studies(
         raise ValueError(f"unknown split(s) {sorted(wanted_splits - set(SPLITS))}; known: {', '.join(SPLITS)}")
     view_rank = None if views is None else {v.upper(): i for i, v in enumerate(views)}
 
-    split_path = find_table(root, SPLIT)
-    split_of: dict[str, str] = {}
-    for row in read_table(split_path, SPLIT_COLUMNS, counter):
-        split = row["split"].strip()
-        if split not in SPLITS:
-            counter(DataError(split_path, f"line {row['_line']}: unknown split {split!r}"), kind="bad_split")
-            continue
-        split_of[row["dicom_id"].strip()] = split
-
-    meta_path = find_table(root, METADATA)
-    by_study: dict[str, list[dict[str, str]]] = collections.OrderedDict()
-    seen_dicoms: set[str] = set()
-    for row in read_table(meta_path, METADATA_COLUMNS, counter):
-        dicom_id = row["dicom_id"].strip()
-        if dicom_id in seen_dicoms:
-            counter(DataError(meta_path, f"line {row['_line']}: dicom_id {dicom_id} appears more than once"),
-                    kind="duplicate_dicom")
-            continue
-        seen_dicoms.add(dicom_id)
-        view = row["ViewPosition"].strip().upper()
-        if view_rank is not None and view not in view_rank:
-            continue
-        if dicom_id not in split_of:
-            counter(DataError(split_path, f"dicom_id {dicom_id} (metadata line {row['_line']}) has no split"),
-                    kind="no_split")
-            continue
-        if wanted_splits is not None and split_of[dicom_id] not in wanted_splits:
-            continue
-        by_study.setdefault(normalize_id(row["study_id"]), []).append(row)
-
+    split_path, split_of = _read_splits(root, counter)
+    by_study = _rows_by_study(root, split_path, split_of, view_rank, wanted_splits, counter)
     label_rows = read_labels(find_table(root, LABEL_TABLES[labels]), counter)
     rois = _rois_by_study(root, counter)
 
@@ -265,6 +237,46 @@ def load_studies(
     if counter.counts:
         log.warning("%s: skipped %s", root, counter.summary())
     return studies
+
+
+def _read_splits(root: Path, counter: SkipCounter) -> tuple[Path, dict[str, str]]:
+    """The split CSV -> (its path, {dicom_id: split}); unknown split names are counted and left out."""
+    split_path = find_table(root, SPLIT)
+    split_of: dict[str, str] = {}
+    for row in read_table(split_path, SPLIT_COLUMNS, counter):
+        split = row["split"].strip()
+        if split not in SPLITS:
+            counter(DataError(split_path, f"line {row['_line']}: unknown split {split!r}"), kind="bad_split")
+            continue
+        split_of[row["dicom_id"].strip()] = split
+    return split_path, split_of
+
+
+def _rows_by_study(root: Path, split_path: Path, split_of: dict[str, str], view_rank, wanted_splits,
+                   counter: SkipCounter) -> dict[str, list[dict[str, str]]]:
+    """The metadata rows of the wanted views and splits, grouped by study in metadata order;
+    duplicate dicom_ids and images without a split are counted and left out."""
+    meta_path = find_table(root, METADATA)
+    by_study: dict[str, list[dict[str, str]]] = collections.OrderedDict()
+    seen_dicoms: set[str] = set()
+    for row in read_table(meta_path, METADATA_COLUMNS, counter):
+        dicom_id = row["dicom_id"].strip()
+        if dicom_id in seen_dicoms:
+            counter(DataError(meta_path, f"line {row['_line']}: dicom_id {dicom_id} appears more than once"),
+                    kind="duplicate_dicom")
+            continue
+        seen_dicoms.add(dicom_id)
+        view = row["ViewPosition"].strip().upper()
+        if view_rank is not None and view not in view_rank:
+            continue
+        if dicom_id not in split_of:
+            counter(DataError(split_path, f"dicom_id {dicom_id} (metadata line {row['_line']}) has no split"),
+                    kind="no_split")
+            continue
+        if wanted_splits is not None and split_of[dicom_id] not in wanted_splits:
+            continue
+        by_study.setdefault(normalize_id(row["study_id"]), []).append(row)
+    return by_study
 
 
 def _build_study(root, study_id, rows, split_of, view_rank, images, labels, rois, counter, check_images, texts):

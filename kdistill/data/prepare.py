@@ -11,12 +11,9 @@ Output folder (the "Prepared cache" contract in COMMON.md)::
                      NaN = blank), findings, impression, roi_boxes ([finding_index, x0, y0, x1, y1]
                      in prepared pixels), roi_bits (uint16 SxS, bit i = finding i's region)
 
-Geometry: images are resized plainly to SxS (no padding; aspect ratio is not kept), so boxes
-scale per axis by (S / width, S / height). A box fills the prepared pixels
-[floor(x0'), ceil(x1')) x [floor(y0'), ceil(y1')), clipped to the image (boxes reaching
-outside the image are kept, clipped, and counted as ``counts["clipped_rois"]``); a mask is resized with
-nearest-neighbour sampling and wins over the box of the same region. A mask-only region gets
-the bounding box of its resized mask in ``roi_boxes``.
+Geometry: images are resized plainly to SxS (no padding; aspect ratio is not kept); the expert
+regions follow them into prepared pixels as ``kdistill.data.prepare_rois`` says (boxes reaching
+outside the image are kept, clipped, and counted as ``counts["clipped_rois"]``).
 
 Robustness: studies are split into shards of ``shard_size`` processed by a process pool; each
 shard is written to a temporary folder and moved into place with ``os.replace``, so an
@@ -32,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import multiprocessing
 import os
 import shutil
@@ -47,10 +43,11 @@ from kdistill.io import atomic_dir, write_json
 from kdistill.outputs import own_output, pop_overwrite
 from kdistill.data.images import read_resized_uint8
 from kdistill.data.mimic import SPLITS
+from kdistill.data.prepare_rois import rasterize_rois
 from kdistill.data.sources import open_source
 from kdistill.data.study import Study
 from kdistill.errors import DataError, SkipCounter
-from kdistill.labels import FINDING_INDEX, NUM_FINDINGS
+from kdistill.labels import NUM_FINDINGS
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +257,7 @@ def _write_shard(task) -> None:
     for item in items:
         try:
             image, (height, width) = read_resized_uint8(item["path"], size)
-            boxes, bits, n_clipped = _rasterize_rois(item["rois"], Path(root), size, height, width)
+            boxes, bits, n_clipped = rasterize_rois(item["rois"], Path(root), size, height, width)
         except DataError as err:
             counter(err, kind="unreadable_image")
             continue
@@ -275,55 +272,6 @@ def _write_shard(task) -> None:
         Dataset.from_dict(columns, features=features(size)).save_to_disk(str(tmp), num_shards=1)
         write_json(tmp / "shard.json", {"rows": len(columns["study_id"]), "skipped": counter.summary(),
                                         "clipped_rois": clipped}, indent=None)
-
-
-def _rasterize_rois(rois: list[dict], root: Path, size: int, height: int, width: int):
-    """Regions of one image -> (roi_boxes rows, uint16 SxS bitfield, number of boxes clipped),
-    in prepared pixels."""
-    sx, sy = size / width, size / height
-    bits = np.zeros((size, size), dtype=np.uint16)
-    boxes: list[list[float]] = []
-    clipped = 0
-    for roi in rois:
-        index = FINDING_INDEX[roi["finding"]]
-        flag = np.uint16(1 << index)
-        box = None
-        if roi.get("box") is not None:
-            x0, y0, x1, y1 = roi["box"]
-            box = [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
-            inside = [min(max(box[0], 0.0), size), min(max(box[1], 0.0), size),
-                      min(max(box[2], 0.0), size), min(max(box[3], 0.0), size)]
-            if inside != box:
-                clipped += 1
-                box = inside if inside[0] < inside[2] and inside[1] < inside[3] else None
-        if roi.get("mask"):
-            region = _read_mask(root / roi["mask"], size, height, width)
-            bits[region] |= flag
-            if box is None:
-                ys, xs = np.nonzero(region)
-                if len(xs) == 0:
-                    continue
-                box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-        elif box is not None:
-            bits[math.floor(box[1]):math.ceil(box[3]), math.floor(box[0]):math.ceil(box[2])] |= flag
-        if box is not None:
-            boxes.append([float(index), *box])
-    return boxes, bits, clipped
-
-
-def _read_mask(path: Path, size: int, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            if (img.height, img.width) != (height, width):
-                raise DataError(path, f"mask is {img.width}x{img.height}, its image {width}x{height}")
-            small = img.convert("L").resize((size, size), Image.NEAREST)
-            return np.asarray(small) > 0
-    except FileNotFoundError:
-        raise DataError(path, "mask file not found") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(path, f"cannot decode mask: {err}") from None
 
 
 def _assemble(out: Path, size: int, plan, tasks, counter: SkipCounter) -> dict[str, Any]:
