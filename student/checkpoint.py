@@ -52,10 +52,23 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _load_tokenizer(path: Path):
+    """The folder's tokenizer. AutoTokenizer also reads config.json, finds ``model_type:
+    kdistill-student`` (not a transformers model) and warns that the types differ; the tokenizer
+    files alone decide the tokenizer, so that one warning is silenced here."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def load(path: str | Path, device: str | torch.device = "cpu"):
     """A trained student from its checkpoint folder, in eval mode, thresholds set."""
-    from transformers import AutoTokenizer
-
     from student.model import create_student
 
     path = Path(path)
@@ -74,7 +87,7 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
     tokenizer = None
     if cfg.vocab_size is not None:  # a student without text (vocab_size None) ships no tokenizer
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+            tokenizer = _load_tokenizer(path)
         except (OSError, ValueError) as err:
             raise DataError(path, f"cannot load the tokenizer files: {err}") from None
     try:
