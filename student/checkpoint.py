@@ -9,8 +9,9 @@ import torch
 
 from kdistill import config as cfglib
 from kdistill.errors import DataError
-from kdistill.io import atomic_path
-from kdistill.scoring import THRESHOLDS_FILE, read_thresholds
+from kdistill.io import atomic_path, write_text_atomic
+from kdistill.scoring import THRESHOLDS_FILE, read_thresholds, save_thresholds, thresholds_info
+from student.card import CARD
 from student.config import StudentConfig
 
 WEIGHTS = "model.safetensors"
@@ -51,10 +52,23 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _load_tokenizer(path: Path):
+    """The folder's tokenizer. AutoTokenizer also reads config.json, finds ``model_type:
+    kdistill-student`` (not a transformers model) and warns that the types differ; the tokenizer
+    files alone decide the tokenizer, so that one warning is silenced here."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def load(path: str | Path, device: str | torch.device = "cpu"):
     """A trained student from its checkpoint folder, in eval mode, thresholds set."""
-    from transformers import AutoTokenizer
-
     from student.model import create_student
 
     path = Path(path)
@@ -73,7 +87,7 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
     tokenizer = None
     if cfg.vocab_size is not None:  # a student without text (vocab_size None) ships no tokenizer
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+            tokenizer = _load_tokenizer(path)
         except (OSError, ValueError) as err:
             raise DataError(path, f"cannot load the tokenizer files: {err}") from None
     try:
@@ -92,4 +106,30 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
     thresholds = read_thresholds(path)
     if thresholds is not None:
         model.thresholds.copy_(torch.as_tensor(thresholds, dtype=model.thresholds.dtype))
+    # What save_pretrained carries into a copy: how the thresholds were chosen, and the card.
+    info = thresholds_info(path) or {}
+    model.thresholds_info = {k: v for k, v in info.items() if k not in ("findings", "thresholds")}
+    card = path / CARD
+    model.card_text = card.read_text(encoding="utf-8") if card.is_file() else None
     return model.to(device).eval()
+
+
+def save_pretrained(model, out_dir: str | Path) -> Path:
+    """Write ``model`` as a checkpoint folder that ``load`` (and ``StudentModel.from_pretrained``)
+    reads back: weights, config.json, the tokenizer, thresholds.json (with how they were chosen,
+    when the model was loaded from a folder that said so) and README.md (the loaded folder's card,
+    else a short one with the research-use statement)."""
+    from student.card import RESEARCH_USE
+
+    out_dir = Path(out_dir)
+    save_weights(model.cfg, model.state_dict(), out_dir)
+    if model.tokenizer is not None:
+        save_tokenizer(model.tokenizer, out_dir)
+    info = dict(getattr(model, "thresholds_info", None) or {"policy": "as set on the model"})
+    save_thresholds(out_dir, model.thresholds.detach().cpu().numpy(), **info)
+    card = getattr(model, "card_text", None) or (
+        f"# kdistill student\n\n> {RESEARCH_USE}\n\nA `{model.cfg.vision_model}` student with 14 finding heads"
+        f"{' and a report decoder' if model.has_text else ''}; maps on a {model.grid[0]}x{model.grid[1]} grid.\n\n"
+        "```python\nfrom student.model import StudentModel\nmodel = StudentModel.from_pretrained(folder)\n```\n")
+    write_text_atomic(out_dir / CARD, card)
+    return out_dir

@@ -5,8 +5,14 @@ import dataclasses
 from typing import Any, Literal
 
 
+MODEL_TYPE = "kdistill-student"
+
+
 @dataclasses.dataclass
 class StudentConfig:
+    # What config.json is, for readers on the Hugging Face side (as transformers' "model_type");
+    # a checkpoint folder of another kind is refused by name rather than half-built.
+    model_type: str = MODEL_TYPE
     # Vision tower: an open_clip model config name (built-in, or a JSON shipped in student/configs/,
     # or a path to such a JSON file); only its vision tower is kept. Its family follows from the
     # config (student.towers): a ViT, open_clip's CLIP ResNet (layers as a list), or a timm model
@@ -85,6 +91,8 @@ class StudentConfig:
     map_grid: list[int] | None = None
 
     def validate(self) -> None:
+        if self.model_type != MODEL_TYPE:
+            raise ValueError(f"model_type {self.model_type!r}: not a kdistill student (expected {MODEL_TYPE!r})")
         if self.decoder_width % self.decoder_heads:
             raise ValueError(f"decoder_width {self.decoder_width} is not divisible by decoder_heads {self.decoder_heads}")
         if self.head_width % self.head_heads:

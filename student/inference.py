@@ -1,18 +1,28 @@
 """``model.predict(images)``: probabilities, decisions, reports, rationales and finding maps."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from kdistill.data.images import from_pil, read_image
 
 from kdistill.scoring import decide
 from student.data import to_float_images
 
 
 def _as_list(images) -> list:
-    """(B, H, W), (B, 1, H, W) array/tensor, or a sequence of (H, W) images -> list of images."""
+    """(B, H, W), (B, 1, H, W) array/tensor, one image, or a sequence of images -> list of images.
+
+    An image is an (H, W) array or tensor (uint8 0-255 or float 0-1), a PIL image, or a file path
+    (JPEG, PNG 8/16-bit, DICOM; read by ``kdistill.data.images.read_image``, which names a file it
+    cannot decode)."""
+    if isinstance(images, (str, Path, Image.Image)):
+        images = [images]
     if isinstance(images, (np.ndarray, torch.Tensor)):
         if images.ndim == 2:
             return [images]
@@ -23,12 +33,21 @@ def _as_list(images) -> list:
         if images.ndim != 3:
             raise ValueError(f"expected images (B, H, W) or (B, 1, H, W), got shape {tuple(images.shape)}")
         return [images[i] for i in range(images.shape[0])]
-    return list(images)
+    return [_as_array(item) for item in images]
+
+
+def _as_array(item):
+    if isinstance(item, (str, Path)):
+        return read_image(item)
+    if isinstance(item, Image.Image):
+        return from_pil(item)
+    return item
 
 
 def predict(model, images, batch_size: int = 32, max_new_tokens: int | None = 64, texts: bool = True,
             rationales: bool = True) -> dict[str, Any]:
-    """Run the student on images (uint8 0-255 or float 0-1), in batches, on the model's device.
+    """Run the student on images (arrays uint8 0-255 or float 0-1, PIL images, or file paths: see
+    ``_as_list``), in batches, on the model's device.
 
     Texts are greedy and stop at the tokenizer's end-of-text token; ``max_new_tokens`` caps each
     text (None: as long as the checkpoint's ``max_text_len`` allows, the most it was trained to

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from kdistill.labels import NUM_FINDINGS
@@ -166,10 +167,16 @@ class CamFeatures:
     reshape: Any = None
 
 
-class StudentModel(nn.Module):
+class StudentModel(nn.Module, PyTorchModelHubMixin, library_name="kdistill",
+                   tags=["chest-x-ray", "explainable-ai", "research-only"]):
     """Tower, finding heads and (with a tokenizer) the report decoder. Without a tokenizer (a
     dataset without reports: NIH, CheXpert) the student is its finding heads only: ``has_text``
-    is False, it writes no report and its text losses must be off."""
+    is False, it writes no report and its text losses must be off.
+
+    ``StudentModel.from_pretrained(folder_or_hub_id)`` and ``model.save_pretrained(folder)``
+    (huggingface_hub's mixin) read and write the same checkpoint folder as ``student.load`` and
+    the training loop (student.checkpoint): config.json (``model_type: kdistill-student``),
+    model.safetensors, the tokenizer, thresholds.json."""
 
     def __init__(self, cfg: StudentConfig, tokenizer=None):
         super().__init__()
@@ -324,6 +331,29 @@ class StudentModel(nn.Module):
         report_ids = self._greedy(memory, [spec.report_prompt(c) for c in contexts], budget("report", max_new_tokens))
         reports = [spec.decode(r) for r in report_ids]
         return reports, [spec.decode(r) for r in rationale_ids] if rationales else []
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
+                         local_files_only=False, token=None, map_location="cpu", **_unused):
+        """The mixin's loader: a local folder, else a hub repository fetched by huggingface_hub
+        (only when the caller names one; tests and the pipeline pass folders)."""
+        from pathlib import Path
+
+        from student.checkpoint import load
+
+        folder = Path(model_id)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(repo_id=model_id, revision=revision, cache_dir=cache_dir,
+                                            force_download=force_download, local_files_only=local_files_only,
+                                            token=token))
+        return load(folder, device=map_location)
+
+    def _save_pretrained(self, save_directory) -> None:
+        from student.checkpoint import save_pretrained
+
+        save_pretrained(self, save_directory)
 
     def predict(self, images, batch_size: int = 32, max_new_tokens: int = 64, texts: bool = True,
                 rationales: bool = True) -> dict[str, Any]:

@@ -7,11 +7,35 @@ carry label -100.
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
 
 IGNORE_INDEX = -100
+# A sentence ends at ".", "!" or "?" (and any closing quotes or brackets) before whitespace or the
+# end of the text, so "0.5" and "e.g.," do not end one. The pages' trimming uses the same rule.
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+class TextTokens(list):
+    """A text's token ids, and after how many of them each of its sentences ends
+    (``sentence_ends``; None when the tokenizer gives no character offsets)."""
+
+    def __init__(self, ids: Sequence[int], sentence_ends: Sequence[int] | None = None):
+        super().__init__(ids)
+        self.sentence_ends = tuple(sentence_ends) if sentence_ends is not None else None
+
+
+def fit_to_budget(tokens: Sequence[int], budget: int) -> list[int]:
+    """The tokens a target keeps within ``budget``: all of them when they fit; else up to the last
+    sentence end that fits, so every target the student learns ends with a full sentence and then
+    end-of-text (a target cut mid-sentence teaches it to stop mid-sentence); a text whose first
+    sentence alone is longer, or without known sentence ends, is cut at the budget."""
+    if len(tokens) <= budget:
+        return list(tokens)
+    ends = [k for k in (getattr(tokens, "sentence_ends", None) or ()) if 0 < k <= budget]
+    return list(tokens)[: max(ends) if ends else budget]
 
 
 class TokenSpec:
@@ -53,11 +77,20 @@ class TokenSpec:
         fitted = (list(context)[:n] + [self.eos_id] + [self.pad_id] * n)[:n]
         return self.prompts["rationale"] + fitted + self._report_prefix
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Texts -> token ids without special tokens (done once up front for a whole split)."""
+    def encode(self, texts: Sequence[str]) -> list[TextTokens]:
+        """Texts -> token ids without special tokens, with their sentence ends (done once up front
+        for a whole split)."""
         if not texts:
             return []
-        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        texts = list(texts)
+        if not getattr(self.tokenizer, "is_fast", False):  # no offsets: targets are cut at the budget
+            return [TextTokens(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        out = []
+        for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+            ends = {m.end() for m in SENTENCE_END.finditer(text)}
+            out.append(TextTokens(ids, [k + 1 for k, (_, stop) in enumerate(offsets) if stop in ends]))
+        return out
 
     def batch(self, task: str, token_lists: Sequence[Sequence[int] | None], max_len: int,
               contexts: Sequence[Sequence[int] | None] | None = None) -> dict[str, torch.Tensor]:
@@ -76,7 +109,7 @@ class TokenSpec:
             if tokens is None:
                 seq, lab = list(prompt), [IGNORE_INDEX] * len(prompt)
             else:
-                body = list(tokens)[:budget] + [self.eos_id]
+                body = fit_to_budget(tokens, budget) + [self.eos_id]
                 seq = prompt + body
                 lab = [IGNORE_INDEX] * len(prompt) + body
             rows.append(seq)

@@ -3,6 +3,7 @@ config). Knob names follow the shared vocabulary of the training loops (``kdisti
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from typing import Literal
 
 from student.augment import AugmentConfig
@@ -48,7 +49,7 @@ class StudentTrainConfig:
     consistent_rationales_only: bool = True  # leave out rationales the labeler finds inconsistent
     max_eval_batches: int | None = None
     cpu: bool = False
-    tensorboard: bool = True  # used when tensorboard is installed
+    tensorboard: bool = False  # TensorBoard logs under the output folder: needs the extra, kdistill[tensorboard]
     log_every: int = 10
     # Inputs; None in a pipeline run means the upstream stages' folders.
     prepared: str | None = None
@@ -65,6 +66,11 @@ class StudentTrainConfig:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if not self.lr > 0:  # also refuses NaN
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        # Checked with the config, not at the first log line: a run must not train the teacher
+        # for minutes and then stop at the student for want of a logger.
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("tensorboard: true needs the tensorboard package, which is not installed: "
+                             "pip install 'kdistill[tensorboard]' (or set student.tensorboard=false)")
 
     @property
     def needs_rationales(self) -> bool:

@@ -5,7 +5,6 @@ terms' global pair scales, the non-finite loss check."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ def make_accelerator(cfg: StudentTrainConfig, out_dir: Path):
 
     from kdistill.training import new_accelerator
 
-    trackers = "tensorboard" if cfg.tensorboard and importlib.util.find_spec("tensorboard") else None
+    trackers = "tensorboard" if cfg.tensorboard else None  # the config checked that it is installed
     # A loss term with weight 0 leaves part of the model out of the graph; DDP must then not wait
     # for its gradients (the search for unused parameters costs a graph traversal, so only then).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=not all(cfg.loss.terms().values()))

@@ -172,6 +172,35 @@ def test_conclusion_first_keeps_the_finding_list_inside_a_short_text_budget(toy)
         assert ("edema" in spec.decode(ids)) is kept, order
 
 
+def test_encode_marks_where_each_sentence_ends_and_not_inside_numbers(toy):
+    _, tok = toy
+    spec = TokenSpec(tok, "<report>", "<rationale>")
+    text = "Heart size is normal. Effusion of 0.5 cm (small). No pneumothorax!"
+    (tokens,) = spec.encode([text])
+    cuts = [spec.decode(tokens[:k]) for k in tokens.sentence_ends]
+    assert cuts == ["Heart size is normal.", "Heart size is normal. Effusion of 0.5 cm (small).", text]
+
+
+def test_a_long_target_is_cut_at_its_last_full_sentence_then_ends(toy):
+    from student.text import fit_to_budget
+
+    _, tok = toy
+    spec = TokenSpec(tok, "<report>", "<rationale>")
+    assert fit_to_budget([1, 2, 3, 4, 5], 9) == [1, 2, 3, 4, 5]  # fits: unchanged
+    assert fit_to_budget([1, 2, 3, 4, 5], 3) == [1, 2, 3]  # no sentence ends known: cut at the budget
+    (tokens,) = spec.encode(["The lungs are clear. " * 12 + "Conclusion: no acute process."])
+    budget = 24 - len(spec.prompts["rationale"]) - 1
+    row = spec.batch("rationale", [tokens], max_len=24)
+    labelled = [t for t in row["labels"][0].tolist() if t != IGNORE_INDEX]
+    assert labelled[-1] == spec.eos_id and len(labelled) - 1 <= budget
+    kept = spec.decode(labelled[:-1])
+    last_fitting = max(k for k in tokens.sentence_ends if k <= budget)
+    assert kept == spec.decode(tokens[:last_fitting]) and kept.endswith("clear.") and last_fitting < budget
+    # A first sentence longer than the budget is still cut at the budget (nothing better exists).
+    (one,) = spec.encode(["word " * 60 + "end."])
+    assert len(fit_to_budget(one, 10)) == 10
+
+
 def test_prompt_embedding_pool_reads_the_image_and_not_the_rationale_tokens(toy):
     """Feature KD's student side: with "prompt" it is the state before any rationale token, so the
     teacher's embedding can only be matched from the image; "rationale_tokens" pools the text."""

@@ -139,19 +139,26 @@ def _read_raster(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            mode = img.mode
-            if mode in _SIXTEEN_BIT_MODES:
-                arr = np.asarray(img, dtype=np.float64)
-                return np.clip(arr / 65535.0, 0.0, 1.0).astype(np.float32)
-            if mode == "F":
-                raise DataError(path, "floating-point images are not supported (no defined intensity range)")
-            if mode != "L":
-                img = img.convert("L")
-            return np.asarray(img, dtype=np.float32) / 255.0
+            return from_pil(img, source=path)
     except DataError:
         raise
     except _PIL_ERRORS as err:
         raise DataError(path, f"cannot decode image: {err}") from None
+
+
+def from_pil(img: Image.Image, source: str | Path | None = None) -> np.ndarray:
+    """A decoded PIL image -> float32 (H, W) in [0, 1], scaled as the table above says (16-bit
+    modes / 65535, everything else converted to 8-bit grey / 255). ``source`` names the image
+    in errors."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        return np.clip(arr / 65535.0, 0.0, 1.0).astype(np.float32)
+    if mode == "F":
+        raise DataError(source, "floating-point images are not supported (no defined intensity range)")
+    if mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.float32) / 255.0
 
 
 def _dcmread(path: Path, stop_before_pixels: bool = False):

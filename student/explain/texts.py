@@ -9,10 +9,9 @@ quotes or brackets) before whitespace or the end, so "0.5" or "e.g.," do not end
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Sequence
 
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+from student.text import SENTENCE_END as _SENTENCE_END
 
 
 @dataclasses.dataclass(frozen=True)
