@@ -48,6 +48,9 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(f"{source}: '{where}' = {value!r} does not match {_type_name(tp)}")
     if origin is typing.Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off as False and yes/on as True
+            spelled = [a for a in (("no", "off", "false") if not value else ("yes", "on", "true")) if a in args]
+            value = spelled[0] if spelled else value
         if value not in args:
             raise ConfigError(f"{source}: '{where}' = {value!r} must be one of {list(args)}")
         return value

@@ -75,3 +75,18 @@ def test_labels_and_policies():
     assert t.tolist() == [1, 0, 0, 0] and m.tolist() == [1, 1, 0, 1]
     t, m = apply_policy(y, uncertain="ones", blank="ignore")
     assert t.tolist() == [1, 0, 1, 0] and m.tolist() == [1, 1, 1, 0]
+
+
+def test_yaml_no_and_yes_stay_the_words_a_literal_knob_expects():
+    """`mixed_precision=no` (the README's fp32 fallback) is YAML's False; a Literal knob that
+    spells the choice "no" must get "no", on the command line and in a file."""
+    from student.train_config import StudentTrainConfig
+
+    data = cfglib.parse_overrides(["mixed_precision=no"])
+    assert data["mixed_precision"] is False  # what YAML gives
+    assert cfglib.from_dict(StudentTrainConfig, data).mixed_precision == "no"
+    from teacher.pretrain import TeacherPretrainConfig
+
+    assert cfglib.from_dict(TeacherPretrainConfig, {"mixed_precision": False}).mixed_precision == "no"
+    with pytest.raises(ConfigError, match="must be one of"):  # a bool where no choice spells it
+        cfglib.from_dict(StudentTrainConfig, {"uncertain": True})
