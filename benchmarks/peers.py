@@ -17,14 +17,20 @@ Micro/macro-AUC over 14 findings (eval.classification.auc_metrics; uncertain lef
 negative), with 95% bootstrap intervals over studies (bootstrap_auc_ci, 1,000 resamples) per
 seed; the table shows mean ± sd over seeds and the per-seed intervals' mean bounds. Training time
 is wall-clock on this machine with --threads torch threads (the student's includes its
-validation passes, as the CNNs' does). The CNNs keep their best validation micro-AUC weights,
-checked every eval_every steps, as the student does.
+validation passes, as the CNNs' does); each seed records its thread count and the load averages
+at its start and end (other jobs on the cores slow it), and the summary its time per seed. The
+CNNs keep their best validation micro-AUC weights, checked every eval_every steps, as the
+student does.
 
-    kdistill data synth --out /tmp/h1 --n 1000 --seed 1 --size 256 corpus_mb=0
-    kdistill data prepare /tmp/h1 --size 128
-    python benchmarks/peers.py --prepared runs/demo/prepared --heldout /tmp/h1/prepared_128 \\
+    kdistill data synth --out /tmp/tower_heldout --n 1000 --seed 1 --size 256 corpus_mb=0
+    kdistill data prepare /tmp/tower_heldout --size 128 --out /tmp/tower_heldout/prepared
+    python benchmarks/peers.py --prepared runs/demo/prepared --heldout /tmp/tower_heldout/prepared \\
         --config configs/demo.yaml --tokenizer runs/demo/teacher --rationales runs/demo/rationales \\
-        --seeds 0 1 2 --threads 2
+        --seeds 0 1 2 --threads 1
+
+A held-out set is named after its folder (``heldout:tower_heldout`` here; the parent's name when
+the folder is called prepared*), and --combine merges only runs with the same set names, so
+rebuild it under that name to add runs to benchmarks/results/peers_demo.json.
 
 Any prepared cache works (``--prepared``, e.g. one made from NIH ChestX-ray14 with ``kdistill data
 prepare ROOT --source nih``): the script only needs train/validate/test splits.
@@ -263,7 +269,11 @@ def summarise(results: dict[str, dict[str, Any]], sets: list[str]) -> dict[str, 
     summary = {}
     for name, by_seed in results.items():
         runs = list(by_seed.values())
-        row: dict[str, Any] = {"seeds": len(runs), "train_s": float(np.mean([r["train_s"] for r in runs]))}
+        row: dict[str, Any] = {"seeds": len(runs), "train_s": float(np.mean([r["train_s"] for r in runs])),
+                               "train_s_by_seed": {k: round(float(r["train_s"]), 1) for k, r in by_seed.items()}}
+        threads = sorted({r["threads"] for r in runs if "threads" in r})
+        if threads:  # seeds timed with different thread counts: their mean time compares only roughly
+            row["threads"] = threads
         for s in sets:
             for kind in ("micro", "macro"):
                 vals = np.array([r["sets"][s][f"{kind}_auc"] for r in runs])
@@ -302,7 +312,7 @@ def combine(files: list[str], out: Path) -> int:
             twice = sorted(set(by_seed) & set(merged.get(name, {})))
             if twice:  # two student recipes under one name would be averaged into one row
                 raise SystemExit(f"--combine: {f} has {name} seeds {twice} again; name each recipe's row (--name)")
-            merged.setdefault(name, {}).update(by_seed)
+            merged.setdefault(name, {}).update({k: {"threads": r["threads"], **v} for k, v in by_seed.items()})
     sets = list(runs[0]["sets"])
     summary = summarise(merged, sets)
     print_table(summary, sets)
@@ -371,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="peers_") as work:
         for seed in args.seeds:
             for name in args.models:
-                started = time.time()
+                started, load_start = time.time(), os.getloadavg()
                 if name == "student":
                     predict, extra[f"{args.name}/{seed}"] = train_student(args, seed, Path(work))
                 elif name == "logreg":
@@ -383,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
                                         student_cfg.augment if args.cnn_augment else None)
                 seconds = time.time() - started
                 scored = {s: score(predict(d["image"]), d["labels"], args.bootstrap) for s, d in sets.items()}
-                results[rows[name]][str(seed)] = {"train_s": seconds, "sets": scored}
+                # the 1/5/15-minute load averages around the training: other jobs on the cores slow it
+                results[rows[name]][str(seed)] = {"train_s": seconds, "threads": args.threads, "sets": scored,
+                                                  "load_avg": {"start": [round(x, 2) for x in load_start],
+                                                               "end": [round(x, 2) for x in os.getloadavg()]}}
                 print(f"seed {seed} {rows[name]:12s} {seconds:7.1f} s  " + "  ".join(
                     f"{s} micro {v['micro_auc']:.3f}" for s, v in scored.items()), flush=True)
     summary = summarise(results, list(sets))

@@ -39,3 +39,16 @@ def test_combine_refuses_the_same_row_and_seed_twice(tmp_path):
     files = [_run(tmp_path / "a.json", "student", 0, 0.86), _run(tmp_path / "b.json", "student", 0, 0.95)]
     with pytest.raises(SystemExit, match="--name"):
         peers.combine(files, tmp_path / "out.json")
+
+
+def test_combine_keeps_each_seeds_thread_count_and_time(tmp_path):
+    a = json.loads(Path(_run(tmp_path / "a.json", "resnet18", 0, 0.90)).read_text())
+    a["threads"] = 2
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    files = [str(tmp_path / "a.json"), _run(tmp_path / "b.json", "resnet18", 1, 0.92)]
+    assert peers.combine(files, tmp_path / "out.json") == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    row = out["summary"]["resnet18"]
+    assert row["train_s_by_seed"] == {"0": 10.0, "1": 20.0} and row["train_s"] == pytest.approx(15.0)
+    assert row["threads"] == [1, 2]  # seed 0 timed on 2 threads, seed 1 on one (the run-level value)
+    assert out["per_seed"]["resnet18"]["0"]["threads"] == 2 and out["per_seed"]["resnet18"]["1"]["threads"] == 1
