@@ -68,11 +68,14 @@ VARIANTS = {  # name -> (loss weights, uses regions)
     "+ dal": ({"dal": 0.1}, False),
     "+ ha + dal": ({"ha": 1.0, "dal": 0.1}, True),
     "+ gcam_dice": ({"gcam_dice": 0.5}, True),
+    "+ gcam_dice K=1": ({"gcam_dice": 0.5, "gcam_findings": 1}, True),  # one sampled finding a step, unbiased
 }
 MODEL = {"vision_model": "kdistill-vit-tiny",
          "vision_overrides": {"image_size": 64, "patch_size": 8, "width": 64, "head_width": 32, "layers": 2},
          "head_width": 64, "head_heads": 2, "head_layers": 1}
-METRICS = ("auc_reversed", "auc_consistent", "auc_sc_cons", "auc_sc_rev", "gap", "energy", "marker_mass", "auc_noise")
+METRICS = ("auc_reversed", "auc_consistent", "auc_sc_cons", "auc_sc_rev", "gap", "energy", "marker_mass", "auc_noise",
+           "deletion", "deletion_gap")
+DELETION = {"steps": 10, "random_orders": 1, "baseline": 0.0}  # eval.saliency_probes.deletion_insertion settings
 
 
 def _phantom(root: Path, seed: int, n: int, finding: str, strengths: dict[str, float], rois_fraction: float = 1.0):
@@ -141,6 +144,7 @@ def _score(model, sets: dict, finding_idx: int, seed: int) -> dict[str, float]:
         mass = full.flatten(2).sum(-1).clamp_min(1e-12)
         energy = (full * regions).flatten(2).sum(-1) / mass
         out["energy"] = float(energy[pos].mean()) if bool(pos.any()) else math.nan
+        out.update(_deletion(model, rows["image"], full, pos, seed))
         shares, area = [], math.nan
         for i, sid in enumerate(rows["study_id"]):
             row = marker.get(sid)
@@ -154,6 +158,32 @@ def _score(model, sets: dict, finding_idx: int, seed: int) -> dict[str, float]:
         out["marker_area"] = area
     out["gap"] = out["auc_sc_cons"] - out["auc_sc_rev"]
     return out
+
+
+def _deletion(model, images: np.ndarray, full: torch.Tensor, pos: torch.Tensor, seed: int) -> dict[str, float]:
+    """Deletion AUC (eval.saliency_probes.deletion_insertion: pixels removed in the map's order, the finding's
+    probability integrated over the removed share; lower = the map finds what the model uses) over every
+    (study, positive finding with a region) pair of the reversed set, and its gap to a random order."""
+    from eval.saliency_probes import deletion_insertion
+
+    i, f = torch.nonzero(pos, as_tuple=True)
+    if len(i) == 0:
+        return {"deletion": math.nan, "deletion_gap": math.nan}
+    x = torch.from_numpy(images[i.numpy()]).float()[:, None] / 255.0
+    r = deletion_insertion(model, x, full[i, f].numpy(), f, steps=DELETION["steps"], baseline=DELETION["baseline"],
+                           random_orders=DELETION["random_orders"], seed=seed)
+    return {"deletion": float(np.mean(r["deletion_auc"])), "deletion_gap": float(np.mean(r["deletion_gap"]))}
+
+
+def _interval(diffs) -> tuple[float, float]:
+    """Paired-by-seed 95% t-interval of the mean difference (n - 1 degrees of freedom)."""
+    from scipy import stats
+
+    v = [x for x in diffs if x is not None and not math.isnan(x)]
+    if len(v) < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v)))
+    return float(np.mean(v)) - half, float(np.mean(v)) + half
 
 
 def _train(prepared, weights: dict, out_dir: Path, seed: int, args) -> dict:
@@ -220,7 +250,7 @@ def main(argv=None) -> int:
                 t = time.time()
                 out_dir = work / "students" / f"{key.replace(' ', '_').replace('@', 'at').replace('+', 'p')}_s{seed}"
                 done = out_dir / "egl_scored.json"
-                setting = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "n_train": args.n_train,
+                setting = {"steps": args.steps, "scoring": 2, "batch_size": args.batch_size, "lr": args.lr, "n_train": args.n_train,
                            "n_eval": args.n_eval, "finding": args.finding, "strength": s, "weights": weights}
                 cached = json.loads(done.read_text()) if done.is_file() else None
                 if cached is not None and cached.get("setting") == setting:  # an earlier invocation's run
@@ -240,20 +270,23 @@ def main(argv=None) -> int:
             mean, sd = _mean_sd([by_seed[sd_][metric] for sd_ in by_seed])
             diffs = [by_seed[x][metric] - plain[x][metric] for x in by_seed if x in plain]
             dmean, dsd = _mean_sd(diffs)
-            row[metric] = {"mean": mean, "sd": sd, "paired_diff_vs_plain": dmean, "paired_diff_sd": dsd}
+            lo, hi = _interval(diffs)
+            row[metric] = {"mean": mean, "sd": sd, "paired_diff_vs_plain": dmean, "paired_diff_sd": dsd,
+                           "paired_diff_ci95": [lo, hi], "n_seeds": len(diffs)}
         table[key] = row
     print(f"\nEGL vs shortcut: seeds {args.seeds}, {args.steps} steps, batch {args.batch_size}, n_train {args.n_train}, "
           f"n_eval {args.n_eval}, shortcut {args.finding} strength {s} (reversed {1 - s:.1f}); mean (sd) over seeds, "
           f"[paired diff vs plain ± its sd over seeds]")
-    cols = ("auc_reversed", "gap", "energy", "marker_mass", "auc_noise")
-    print(f"{'variant':<22}" + "".join(f"{c:>30}" for c in cols))
+    cols = ("auc_reversed", "gap", "energy", "marker_mass", "auc_noise", "deletion")
+    print(f"{'variant':<22}" + "".join(f"{c:>36}" for c in cols))
     for key, row in table.items():
         cells = []
         for c in cols:
             r = row[c]
-            d = "" if key == "plain" else f" [{r['paired_diff_vs_plain']:+.3f}±{r['paired_diff_sd']:.3f}]"
+            lo, hi = r["paired_diff_ci95"]
+            d = "" if key == "plain" else f" [{r['paired_diff_vs_plain']:+.3f} ({lo:+.3f},{hi:+.3f})]"
             cells.append(f"{r['mean']:.3f} ({r['sd']:.3f}){d}")
-        print(f"{key:<22}" + "".join(f"{c:>30}" for c in cells))
+        print(f"{key:<22}" + "".join(f"{c:>36}" for c in cells))
     area = next((v["marker_area"] for by in runs.values() for v in by.values() if not math.isnan(v["marker_area"])), math.nan)
     print(f"marker area share (a uniform map's marker_mass): {area:.4f}; wall {time.time() - started:.0f} s")
     result = {"benchmark": "egl", "seeds": args.seeds, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
