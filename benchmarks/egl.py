@@ -73,6 +73,11 @@ VARIANTS = {  # name -> (loss weights, uses regions)
 MODEL = {"vision_model": "kdistill-vit-tiny",
          "vision_overrides": {"image_size": 64, "patch_size": 8, "width": 64, "head_width": 32, "layers": 2},
          "head_width": 64, "head_heads": 2, "head_layers": 1}
+TEXT_MODEL = {  # configs/demo.yaml's text side (the distilled recipe), on the same tiny ViT
+    "decoder_width": 64, "decoder_heads": 2, "text_layers": 1, "multimodal_layers": 2, "max_text_len": 64,
+    "rationale_order": "conclusion_first", "embedding_pool": "prompt", "report_context": "rationale",
+    "report_context_tokens": 32, "decoder_reads_findings": False, "text_grad_to_tower": 0.25}
+DISTILL_LOSS = {"rep": 1.0, "kd": 1.0, "emb": 0.2}  # configs/demo.yaml's loss (LossWeights defaults, emb 0.2)
 METRICS = ("auc_reversed", "auc_consistent", "auc_sc_cons", "auc_sc_rev", "gap", "energy", "marker_mass", "auc_noise",
            "deletion", "deletion_gap")
 DELETION = {"steps": 10, "random_orders": 1, "baseline": 0.0}  # eval.saliency_probes.deletion_insertion settings
@@ -186,16 +191,22 @@ def _interval(diffs) -> tuple[float, float]:
     return float(np.mean(v)) - half, float(np.mean(v)) + half
 
 
-def _train(prepared, weights: dict, out_dir: Path, seed: int, args) -> dict:
+def _train(prepared, weights: dict, out_dir: Path, seed: int, args, distill: dict | None = None) -> dict:
+    """``distill``: {"prepared": path, "rationales": path}: the text losses on (configs/demo.yaml's rep/kd/emb),
+    the teacher's tokenizer (--tokenizer) and rationales; else a student of finding heads only."""
     from kdistill import config as cfglib
     from student.train import StudentTrainConfig, train
+    from student.train_cli import train_from_paths
 
-    loss = {"rep": 0.0, "kd": 0.0, "emb": 0.0, **weights}
+    loss = {**({"rep": 0.0, "kd": 0.0, "emb": 0.0} if distill is None else DISTILL_LOSS), **weights}
     cfg = cfglib.from_dict(StudentTrainConfig, {
-        "model": MODEL, "loss": loss, "batch_size": args.batch_size, "max_steps": args.steps, "lr": args.lr,
+        "model": MODEL if distill is None else {**MODEL, **TEXT_MODEL}, "loss": loss, "batch_size": args.batch_size, "max_steps": args.steps, "lr": args.lr,
         "warmup_steps": max(1, args.steps // 10), "eval_every": max(1, args.steps // 3), "save_every": 0,
         "log_every": max(1, args.steps // 3), "cpu": True, "num_threads": args.threads, "tensorboard": False,
         "seed": seed})
+    if distill is not None:
+        return train_from_paths(cfg, out_dir, distill["prepared"], args.tokenizer, distill["rationales"], seed=seed,
+                                overwrite=True)
     return train(cfg, out_dir, prepared, None, None, overwrite=True)
 
 
@@ -219,6 +230,11 @@ def main(argv=None) -> int:
     p.add_argument("--coverages", type=float, nargs="+", default=[1.0, 0.1], help="rois_fraction values")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--distill", action="store_true",
+                   help="also train each variant with distillation on (at coverage 1 only; needs --tokenizer, --rationales)")
+    p.add_argument("--tokenizer", default="runs/demo/teacher", help="--distill: the teacher folder (its tokenizer)")
+    p.add_argument("--rationales", default="runs/egl_rationales/s{seed}",
+                   help="--distill: the rationale folder of training phantom seed {seed} (kdistill teacher generate)")
     p.add_argument("--work", default="runs/egl_bench", help="phantoms and students (reused when present)")
     p.add_argument("--out", default="benchmarks/results/egl.json")
     args = p.parse_args(argv)
@@ -242,28 +258,36 @@ def main(argv=None) -> int:
         for cov in args.coverages:
             train_prep, _ = _phantom(work / f"train{seed}_rois{cov:g}", seed, args.n_train, args.finding,
                                      {"train": s, "validate": s}, rois_fraction=cov)
-            for variant in args.variants:
+            plan = [(v, False) for v in args.variants]
+            if args.distill and cov == 1.0:
+                plan += [(v, True) for v in args.variants]
+            for variant, distill in plan:
                 weights, regional = VARIANTS[variant]
-                key = f"{variant} @ rois {cov:g}" if regional else variant
+                key = (variant.replace("plain", "distill") if variant == "plain" else variant.replace("+", "distill +", 1)) \
+                    if distill else variant
+                key = f"{key} @ rois {cov:g}" if regional else key
                 if seed in runs.get(key, {}):
                     continue  # plain / + dal: coverage does not change them
                 t = time.time()
                 out_dir = work / "students" / f"{key.replace(' ', '_').replace('@', 'at').replace('+', 'p')}_s{seed}"
                 done = out_dir / "egl_scored.json"
                 setting = {"steps": args.steps, "scoring": 2, "batch_size": args.batch_size, "lr": args.lr, "n_train": args.n_train,
-                           "n_eval": args.n_eval, "finding": args.finding, "strength": s, "weights": weights}
+                           "n_eval": args.n_eval, "finding": args.finding, "strength": s, "weights": weights,
+                           **({"distill": DISTILL_LOSS, "text_model": TEXT_MODEL} if distill else {})}
                 cached = json.loads(done.read_text()) if done.is_file() else None
                 if cached is not None and cached.get("setting") == setting:  # an earlier invocation's run
                     scored = cached["scored"]
                 else:
-                    metrics = _train(train_prep, weights, out_dir, seed, args)
+                    how = {"prepared": str(work / f"train{seed}_rois{cov:g}" / "prepared"),
+                           "rationales": args.rationales.format(seed=seed)} if distill else None
+                    metrics = _train(train_prep, weights, out_dir, seed, args, how)
                     scored = _score(load(out_dir).eval(), evals, fidx, seed)
                     scored.update(train_s=round(time.time() - t, 1), val_micro_auc=metrics["validation"]["micro_auc"])
                     done.write_text(json.dumps({"setting": setting, "scored": scored}))
                 runs.setdefault(key, {})[seed] = scored
                 print(f"seed {seed} {key:<26} " + " ".join(f"{k} {scored[k]:.3f}" for k in METRICS), flush=True)
 
-    table, plain = {}, runs.get("plain", {})
+    table, plain, dplain = {}, runs.get("plain", {}), runs.get("distill", {})
     for key, by_seed in runs.items():
         row = {}
         for metric in METRICS:
@@ -273,6 +297,9 @@ def main(argv=None) -> int:
             lo, hi = _interval(diffs)
             row[metric] = {"mean": mean, "sd": sd, "paired_diff_vs_plain": dmean, "paired_diff_sd": dsd,
                            "paired_diff_ci95": [lo, hi], "n_seeds": len(diffs)}
+            if key.startswith("distill +"):  # the guidance's effect with distillation on
+                dd = [by_seed[x][metric] - dplain[x][metric] for x in by_seed if x in dplain]
+                row[metric].update(paired_diff_vs_distill=_mean_sd(dd)[0], paired_diff_vs_distill_ci95=list(_interval(dd)))
         table[key] = row
     print(f"\nEGL vs shortcut: seeds {args.seeds}, {args.steps} steps, batch {args.batch_size}, n_train {args.n_train}, "
           f"n_eval {args.n_eval}, shortcut {args.finding} strength {s} (reversed {1 - s:.1f}); mean (sd) over seeds, "
@@ -292,7 +319,9 @@ def main(argv=None) -> int:
     result = {"benchmark": "egl", "seeds": args.seeds, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
               "n_train": args.n_train, "n_eval": args.n_eval, "finding": args.finding, "strength": s,
               "coverages": args.coverages, "model": MODEL, "variants": {k: VARIANTS[k][0] for k in args.variants},
-              "threads": args.threads, "marker_area": area, "wall_s": round(time.time() - started, 1),
+              "threads": args.threads, "deletion": DELETION,
+              "distill": {"loss": DISTILL_LOSS, "text_model": TEXT_MODEL, "tokenizer": args.tokenizer,
+                          "rationales": args.rationales} if args.distill else None, "marker_area": area, "wall_s": round(time.time() - started, 1),
               "table": table, "runs": {k: {str(sd_): v for sd_, v in by.items()} for k, by in runs.items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
