@@ -235,6 +235,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", default="runs/demo/teacher", help="--distill: the teacher folder (its tokenizer)")
     p.add_argument("--rationales", default="runs/egl_rationales/s{seed}",
                    help="--distill: the rationale folder of training phantom seed {seed} (kdistill teacher generate)")
+    p.add_argument("--table-from", default=None, help="rebuild the table from this results JSON's runs (no training)")
     p.add_argument("--work", default="runs/egl_bench", help="phantoms and students (reused when present)")
     p.add_argument("--out", default="benchmarks/results/egl.json")
     args = p.parse_args(argv)
@@ -249,7 +250,10 @@ def main(argv=None) -> int:
     s = args.strength
     started = time.time()
     runs: dict[str, dict[int, dict]] = {}
-    for seed in args.seeds:
+    if args.table_from:  # no training: the table (with its intervals) rebuilt from a results file's runs
+        runs = {k: {int(sd_): {m: (math.nan if v is None else v) for m, v in r.items()} for sd_, r in by.items()}
+                for k, by in json.loads(Path(args.table_from).read_text())["runs"].items()}
+    for seed in ([] if args.table_from else args.seeds):
         evals = {}
         for name, strength in (("consistent", s), ("reversed", 1 - s)):
             prep, marker = _phantom(work / f"eval{seed}_{name}", 1000 + seed, args.n_eval, args.finding,
@@ -291,6 +295,8 @@ def main(argv=None) -> int:
     for key, by_seed in runs.items():
         row = {}
         for metric in METRICS:
+            if not all(metric in r for r in by_seed.values()):
+                continue  # a metric added after these runs (deletion) is not in an older results file
             mean, sd = _mean_sd([by_seed[sd_][metric] for sd_ in by_seed])
             diffs = [by_seed[x][metric] - plain[x][metric] for x in by_seed if x in plain]
             dmean, dsd = _mean_sd(diffs)
@@ -304,7 +310,8 @@ def main(argv=None) -> int:
     print(f"\nEGL vs shortcut: seeds {args.seeds}, {args.steps} steps, batch {args.batch_size}, n_train {args.n_train}, "
           f"n_eval {args.n_eval}, shortcut {args.finding} strength {s} (reversed {1 - s:.1f}); mean (sd) over seeds, "
           f"[paired diff vs plain ± its sd over seeds]")
-    cols = ("auc_reversed", "gap", "energy", "marker_mass", "auc_noise", "deletion")
+    cols = tuple(c for c in ("auc_reversed", "gap", "energy", "marker_mass", "auc_noise", "deletion")
+                 if any(c in r for by in runs.values() for r in by.values()))
     print(f"{'variant':<22}" + "".join(f"{c:>36}" for c in cols))
     for key, row in table.items():
         cells = []
@@ -323,6 +330,9 @@ def main(argv=None) -> int:
               "distill": {"loss": DISTILL_LOSS, "text_model": TEXT_MODEL, "tokenizer": args.tokenizer,
                           "rationales": args.rationales} if args.distill else None, "marker_area": area, "wall_s": round(time.time() - started, 1),
               "table": table, "runs": {k: {str(sd_): v for sd_, v in by.items()} for k, by in runs.items()}}
+    if args.table_from:  # the file's own settings and runs, its table rebuilt
+        result = {**json.loads(Path(args.table_from).read_text()), "table": table,
+                  "intervals": "paired_diff_ci95: 95% t-interval of the mean paired-by-seed difference to plain"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from kdistill.io import nonfinite_to_none, write_json
