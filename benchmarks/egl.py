@@ -232,6 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--distill", action="store_true",
                    help="also train each variant with distillation on (at coverage 1 only; needs --tokenizer, --rationales)")
+    p.add_argument("--distill-only", action="store_true", help="--distill, without the no-text runs")
     p.add_argument("--tokenizer", default="runs/demo/teacher", help="--distill: the teacher folder (its tokenizer)")
     p.add_argument("--rationales", default="runs/egl_rationales/s{seed}",
                    help="--distill: the rationale folder of training phantom seed {seed} (kdistill teacher generate)")
@@ -262,8 +263,8 @@ def main(argv=None) -> int:
         for cov in args.coverages:
             train_prep, _ = _phantom(work / f"train{seed}_rois{cov:g}", seed, args.n_train, args.finding,
                                      {"train": s, "validate": s}, rois_fraction=cov)
-            plan = [(v, False) for v in args.variants]
-            if args.distill and cov == 1.0:
+            plan = [] if args.distill_only else [(v, False) for v in args.variants]
+            if (args.distill or args.distill_only) and cov == 1.0:
                 plan += [(v, True) for v in args.variants]
             for variant, distill in plan:
                 weights, regional = VARIANTS[variant]
