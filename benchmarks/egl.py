@@ -27,7 +27,15 @@ Metrics, on every study of the held-out phantom (all its splits):
   marker_mass      the shortcut finding's map mass on the marker's pixels (shortcut.jsonl), images
                    with the marker; a uniform map gives the marker's area share (``marker_area``)
   auc_noise        micro-AUC on the reversed set under Gaussian noise sigma 0.05 (H-EGL)
-Mean and standard deviation over seeds, and each variant's paired difference to plain. Writes
+  deletion         deletion AUC (eval.saliency_probes.deletion_insertion, 10 steps, baseline 0) of the class
+                   maps over every (study, positive finding with a region) pair of the reversed set; lower:
+                   the map's top pixels are the ones the logit needs; deletion_gap: a random order's minus it
+Mean and standard deviation over seeds, and each variant's paired difference to plain with its
+95% t-interval over seeds (paired_diff_ci95). ``--distill``: each variant also with the demo recipe's
+text losses (rep/kd/emb, configs/demo.yaml's text model on the tiny ViT), the rationales written by
+the demo's teacher for each training phantom (``kdistill teacher generate --data-root
+WORK/train{s}_rois1/data --teacher runs/demo/teacher --out RATIONALES/s{s}``), at coverage 1 only.
+``--table-from JSON`` rebuilds a results file's table from its stored runs (no training). Writes
 benchmarks/results/egl.json. Not a timed test; figures depend on --steps/--n-train (CPU-bound).
 
 Measured (results/egl.json): seeds 0-7, 100 steps, batch 32, 400-study training phantom (64 px,
