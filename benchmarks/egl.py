@@ -27,7 +27,15 @@ Metrics, on every study of the held-out phantom (all its splits):
   marker_mass      the shortcut finding's map mass on the marker's pixels (shortcut.jsonl), images
                    with the marker; a uniform map gives the marker's area share (``marker_area``)
   auc_noise        micro-AUC on the reversed set under Gaussian noise sigma 0.05 (H-EGL)
-Mean and standard deviation over seeds, and each variant's paired difference to plain. Writes
+  deletion         deletion AUC (eval.saliency_probes.deletion_insertion, 10 steps, baseline 0) of the class
+                   maps over every (study, positive finding with a region) pair of the reversed set; lower:
+                   the map's top pixels are the ones the logit needs; deletion_gap: a random order's minus it
+Mean and standard deviation over seeds, and each variant's paired difference to plain with its
+95% t-interval over seeds (paired_diff_ci95). ``--distill``: each variant also with the demo recipe's
+text losses (rep/kd/emb, configs/demo.yaml's text model on the tiny ViT), the rationales written by
+the demo's teacher for each training phantom (``kdistill teacher generate --data-root
+WORK/train{s}_rois1/data --teacher runs/demo/teacher --out RATIONALES/s{s}``), at coverage 1 only.
+``--table-from JSON`` rebuilds a results file's table from its stored runs (no training). Writes
 benchmarks/results/egl.json. Not a timed test; figures depend on --steps/--n-train (CPU-bound).
 
 Measured (results/egl.json): seeds 0-7, 100 steps, batch 32, 400-study training phantom (64 px,
@@ -68,11 +76,19 @@ VARIANTS = {  # name -> (loss weights, uses regions)
     "+ dal": ({"dal": 0.1}, False),
     "+ ha + dal": ({"ha": 1.0, "dal": 0.1}, True),
     "+ gcam_dice": ({"gcam_dice": 0.5}, True),
+    "+ gcam_dice K=1": ({"gcam_dice": 0.5, "gcam_findings": 1}, True),  # one sampled finding a step, unbiased
 }
 MODEL = {"vision_model": "kdistill-vit-tiny",
          "vision_overrides": {"image_size": 64, "patch_size": 8, "width": 64, "head_width": 32, "layers": 2},
          "head_width": 64, "head_heads": 2, "head_layers": 1}
-METRICS = ("auc_reversed", "auc_consistent", "auc_sc_cons", "auc_sc_rev", "gap", "energy", "marker_mass", "auc_noise")
+TEXT_MODEL = {  # configs/demo.yaml's text side (the distilled recipe), on the same tiny ViT
+    "decoder_width": 64, "decoder_heads": 2, "text_layers": 1, "multimodal_layers": 2, "max_text_len": 64,
+    "rationale_order": "conclusion_first", "embedding_pool": "prompt", "report_context": "rationale",
+    "report_context_tokens": 32, "decoder_reads_findings": False, "text_grad_to_tower": 0.25}
+DISTILL_LOSS = {"rep": 1.0, "kd": 1.0, "emb": 0.2}  # configs/demo.yaml's loss (LossWeights defaults, emb 0.2)
+METRICS = ("auc_reversed", "auc_consistent", "auc_sc_cons", "auc_sc_rev", "gap", "energy", "marker_mass", "auc_noise",
+           "deletion", "deletion_gap")
+DELETION = {"steps": 10, "random_orders": 1, "baseline": 0.0}  # eval.saliency_probes.deletion_insertion settings
 
 
 def _phantom(root: Path, seed: int, n: int, finding: str, strengths: dict[str, float], rois_fraction: float = 1.0):
@@ -141,6 +157,7 @@ def _score(model, sets: dict, finding_idx: int, seed: int) -> dict[str, float]:
         mass = full.flatten(2).sum(-1).clamp_min(1e-12)
         energy = (full * regions).flatten(2).sum(-1) / mass
         out["energy"] = float(energy[pos].mean()) if bool(pos.any()) else math.nan
+        out.update(_deletion(model, rows["image"], full, pos, seed))
         shares, area = [], math.nan
         for i, sid in enumerate(rows["study_id"]):
             row = marker.get(sid)
@@ -156,16 +173,48 @@ def _score(model, sets: dict, finding_idx: int, seed: int) -> dict[str, float]:
     return out
 
 
-def _train(prepared, weights: dict, out_dir: Path, seed: int, args) -> dict:
+def _deletion(model, images: np.ndarray, full: torch.Tensor, pos: torch.Tensor, seed: int) -> dict[str, float]:
+    """Deletion AUC (eval.saliency_probes.deletion_insertion: pixels removed in the map's order, the finding's
+    probability integrated over the removed share; lower = the map finds what the model uses) over every
+    (study, positive finding with a region) pair of the reversed set, and its gap to a random order."""
+    from eval.saliency_probes import deletion_insertion
+
+    i, f = torch.nonzero(pos, as_tuple=True)
+    if len(i) == 0:
+        return {"deletion": math.nan, "deletion_gap": math.nan}
+    x = torch.from_numpy(images[i.numpy()]).float()[:, None] / 255.0
+    r = deletion_insertion(model, x, full[i, f].numpy(), f, steps=DELETION["steps"], baseline=DELETION["baseline"],
+                           random_orders=DELETION["random_orders"], seed=seed)
+    return {"deletion": float(np.mean(r["deletion_auc"])), "deletion_gap": float(np.mean(r["deletion_gap"]))}
+
+
+def _interval(diffs) -> tuple[float, float]:
+    """Paired-by-seed 95% t-interval of the mean difference (n - 1 degrees of freedom)."""
+    from scipy import stats
+
+    v = [x for x in diffs if x is not None and not math.isnan(x)]
+    if len(v) < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v)))
+    return float(np.mean(v)) - half, float(np.mean(v)) + half
+
+
+def _train(prepared, weights: dict, out_dir: Path, seed: int, args, distill: dict | None = None) -> dict:
+    """``distill``: {"prepared": path, "rationales": path}: the text losses on (configs/demo.yaml's rep/kd/emb),
+    the teacher's tokenizer (--tokenizer) and rationales; else a student of finding heads only."""
     from kdistill import config as cfglib
     from student.train import StudentTrainConfig, train
+    from student.train_cli import train_from_paths
 
-    loss = {"rep": 0.0, "kd": 0.0, "emb": 0.0, **weights}
+    loss = {**({"rep": 0.0, "kd": 0.0, "emb": 0.0} if distill is None else DISTILL_LOSS), **weights}
     cfg = cfglib.from_dict(StudentTrainConfig, {
-        "model": MODEL, "loss": loss, "batch_size": args.batch_size, "max_steps": args.steps, "lr": args.lr,
+        "model": MODEL if distill is None else {**MODEL, **TEXT_MODEL}, "loss": loss, "batch_size": args.batch_size, "max_steps": args.steps, "lr": args.lr,
         "warmup_steps": max(1, args.steps // 10), "eval_every": max(1, args.steps // 3), "save_every": 0,
         "log_every": max(1, args.steps // 3), "cpu": True, "num_threads": args.threads, "tensorboard": False,
         "seed": seed})
+    if distill is not None:
+        return train_from_paths(cfg, out_dir, distill["prepared"], args.tokenizer, distill["rationales"], seed=seed,
+                                overwrite=True)
     return train(cfg, out_dir, prepared, None, None, overwrite=True)
 
 
@@ -189,6 +238,13 @@ def main(argv=None) -> int:
     p.add_argument("--coverages", type=float, nargs="+", default=[1.0, 0.1], help="rois_fraction values")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--distill", action="store_true",
+                   help="also train each variant with distillation on (at coverage 1 only; needs --tokenizer, --rationales)")
+    p.add_argument("--distill-only", action="store_true", help="--distill, without the no-text runs")
+    p.add_argument("--tokenizer", default="runs/demo/teacher", help="--distill: the teacher folder (its tokenizer)")
+    p.add_argument("--rationales", default="runs/egl_rationales/s{seed}",
+                   help="--distill: the rationale folder of training phantom seed {seed} (kdistill teacher generate)")
+    p.add_argument("--table-from", default=None, help="rebuild the table from this results JSON's runs (no training)")
     p.add_argument("--work", default="runs/egl_bench", help="phantoms and students (reused when present)")
     p.add_argument("--out", default="benchmarks/results/egl.json")
     args = p.parse_args(argv)
@@ -203,7 +259,10 @@ def main(argv=None) -> int:
     s = args.strength
     started = time.time()
     runs: dict[str, dict[int, dict]] = {}
-    for seed in args.seeds:
+    if args.table_from:  # no training: the table (with its intervals) rebuilt from a results file's runs
+        runs = {k: {int(sd_): {m: (math.nan if v is None else v) for m, v in r.items()} for sd_, r in by.items()}
+                for k, by in json.loads(Path(args.table_from).read_text())["runs"].items()}
+    for seed in ([] if args.table_from else args.seeds):
         evals = {}
         for name, strength in (("consistent", s), ("reversed", 1 - s)):
             prep, marker = _phantom(work / f"eval{seed}_{name}", 1000 + seed, args.n_eval, args.finding,
@@ -212,55 +271,77 @@ def main(argv=None) -> int:
         for cov in args.coverages:
             train_prep, _ = _phantom(work / f"train{seed}_rois{cov:g}", seed, args.n_train, args.finding,
                                      {"train": s, "validate": s}, rois_fraction=cov)
-            for variant in args.variants:
+            plan = [] if args.distill_only else [(v, False) for v in args.variants]
+            if (args.distill or args.distill_only) and cov == 1.0:
+                plan += [(v, True) for v in args.variants]
+            for variant, distill in plan:
                 weights, regional = VARIANTS[variant]
-                key = f"{variant} @ rois {cov:g}" if regional else variant
+                key = (variant.replace("plain", "distill") if variant == "plain" else variant.replace("+", "distill +", 1)) \
+                    if distill else variant
+                key = f"{key} @ rois {cov:g}" if regional else key
                 if seed in runs.get(key, {}):
                     continue  # plain / + dal: coverage does not change them
                 t = time.time()
                 out_dir = work / "students" / f"{key.replace(' ', '_').replace('@', 'at').replace('+', 'p')}_s{seed}"
                 done = out_dir / "egl_scored.json"
-                setting = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "n_train": args.n_train,
-                           "n_eval": args.n_eval, "finding": args.finding, "strength": s, "weights": weights}
+                setting = {"steps": args.steps, "scoring": 2, "batch_size": args.batch_size, "lr": args.lr, "n_train": args.n_train,
+                           "n_eval": args.n_eval, "finding": args.finding, "strength": s, "weights": weights,
+                           **({"distill": DISTILL_LOSS, "text_model": TEXT_MODEL} if distill else {})}
                 cached = json.loads(done.read_text()) if done.is_file() else None
                 if cached is not None and cached.get("setting") == setting:  # an earlier invocation's run
                     scored = cached["scored"]
                 else:
-                    metrics = _train(train_prep, weights, out_dir, seed, args)
+                    how = {"prepared": str(work / f"train{seed}_rois{cov:g}" / "prepared"),
+                           "rationales": args.rationales.format(seed=seed)} if distill else None
+                    metrics = _train(train_prep, weights, out_dir, seed, args, how)
                     scored = _score(load(out_dir).eval(), evals, fidx, seed)
                     scored.update(train_s=round(time.time() - t, 1), val_micro_auc=metrics["validation"]["micro_auc"])
                     done.write_text(json.dumps({"setting": setting, "scored": scored}))
                 runs.setdefault(key, {})[seed] = scored
                 print(f"seed {seed} {key:<26} " + " ".join(f"{k} {scored[k]:.3f}" for k in METRICS), flush=True)
 
-    table, plain = {}, runs.get("plain", {})
+    table, plain, dplain = {}, runs.get("plain", {}), runs.get("distill", {})
     for key, by_seed in runs.items():
         row = {}
         for metric in METRICS:
+            if not all(metric in r for r in by_seed.values()):
+                continue  # a metric added after these runs (deletion) is not in an older results file
             mean, sd = _mean_sd([by_seed[sd_][metric] for sd_ in by_seed])
             diffs = [by_seed[x][metric] - plain[x][metric] for x in by_seed if x in plain]
             dmean, dsd = _mean_sd(diffs)
-            row[metric] = {"mean": mean, "sd": sd, "paired_diff_vs_plain": dmean, "paired_diff_sd": dsd}
+            lo, hi = _interval(diffs)
+            row[metric] = {"mean": mean, "sd": sd, "paired_diff_vs_plain": dmean, "paired_diff_sd": dsd,
+                           "paired_diff_ci95": [lo, hi], "n_seeds": len(diffs)}
+            if key.startswith("distill +"):  # the guidance's effect with distillation on
+                dd = [by_seed[x][metric] - dplain[x][metric] for x in by_seed if x in dplain]
+                row[metric].update(paired_diff_vs_distill=_mean_sd(dd)[0], paired_diff_vs_distill_ci95=list(_interval(dd)))
         table[key] = row
     print(f"\nEGL vs shortcut: seeds {args.seeds}, {args.steps} steps, batch {args.batch_size}, n_train {args.n_train}, "
           f"n_eval {args.n_eval}, shortcut {args.finding} strength {s} (reversed {1 - s:.1f}); mean (sd) over seeds, "
           f"[paired diff vs plain ± its sd over seeds]")
-    cols = ("auc_reversed", "gap", "energy", "marker_mass", "auc_noise")
-    print(f"{'variant':<22}" + "".join(f"{c:>30}" for c in cols))
+    cols = tuple(c for c in ("auc_reversed", "gap", "energy", "marker_mass", "auc_noise", "deletion")
+                 if any(c in r for by in runs.values() for r in by.values()))
+    print(f"{'variant':<22}" + "".join(f"{c:>36}" for c in cols))
     for key, row in table.items():
         cells = []
         for c in cols:
             r = row[c]
-            d = "" if key == "plain" else f" [{r['paired_diff_vs_plain']:+.3f}±{r['paired_diff_sd']:.3f}]"
+            lo, hi = r["paired_diff_ci95"]
+            d = "" if key == "plain" else f" [{r['paired_diff_vs_plain']:+.3f} ({lo:+.3f},{hi:+.3f})]"
             cells.append(f"{r['mean']:.3f} ({r['sd']:.3f}){d}")
-        print(f"{key:<22}" + "".join(f"{c:>30}" for c in cells))
+        print(f"{key:<22}" + "".join(f"{c:>36}" for c in cells))
     area = next((v["marker_area"] for by in runs.values() for v in by.values() if not math.isnan(v["marker_area"])), math.nan)
     print(f"marker area share (a uniform map's marker_mass): {area:.4f}; wall {time.time() - started:.0f} s")
     result = {"benchmark": "egl", "seeds": args.seeds, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
               "n_train": args.n_train, "n_eval": args.n_eval, "finding": args.finding, "strength": s,
               "coverages": args.coverages, "model": MODEL, "variants": {k: VARIANTS[k][0] for k in args.variants},
-              "threads": args.threads, "marker_area": area, "wall_s": round(time.time() - started, 1),
+              "threads": args.threads, "deletion": DELETION,
+              "distill": {"loss": DISTILL_LOSS, "text_model": TEXT_MODEL, "tokenizer": args.tokenizer,
+                          "rationales": args.rationales} if args.distill else None, "marker_area": area, "wall_s": round(time.time() - started, 1),
               "table": table, "runs": {k: {str(sd_): v for sd_, v in by.items()} for k, by in runs.items()}}
+    if args.table_from:  # the file's own settings and runs, its table rebuilt
+        result = {**json.loads(Path(args.table_from).read_text()), "table": table,
+                  "intervals": "paired_diff_ci95: 95% t-interval of the mean paired-by-seed difference to plain"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from kdistill.io import nonfinite_to_none, write_json

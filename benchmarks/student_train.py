@@ -221,7 +221,10 @@ def _egl(args, model, opt, batches, augment_cfg, device, source, region_report, 
     base = LossWeights()
     variants = {"full step": base, "+ ha": dataclasses.replace(base, ha=1.0),
                 "+ dal": dataclasses.replace(base, dal=0.1), "+ gcam_dice": dataclasses.replace(base, gcam_dice=0.5),
-                "+ ha + dal + gcam_dice": dataclasses.replace(base, ha=1.0, dal=0.1, gcam_dice=0.5)}
+                "+ ha + dal + gcam_dice": dataclasses.replace(base, ha=1.0, dal=0.1, gcam_dice=0.5),
+                # loss.gcam_findings=1: one sampled finding's create_graph backward a step (unbiased estimate)
+                "+ gcam_dice K=1": dataclasses.replace(base, gcam_dice=0.5, gcam_findings=1),
+                "+ ha + dal + gcam_dice K=1": dataclasses.replace(base, ha=1.0, dal=0.1, gcam_dice=0.5, gcam_findings=1)}
     rates: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):  # interleaved rounds: a drifting machine load hits every variant alike
         for name, w in variants.items():

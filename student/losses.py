@@ -46,6 +46,7 @@ class LossWeights:
     gcam_dice: float = 0.0  # EGxFSL Grad-CAM Dice (needs expert regions)
     ha_penalty: float = 1.0  # lambda of L_HA: weight of the map's mass outside the region
     dal_classes: Literal["all", "positives"] = "all"  # L_DAL over all 14 maps or the positives only
+    gcam_findings: int = 0  # Grad-CAM Dice: backwards per step on K sampled findings (unbiased); 0 = all
 
     def validate(self) -> None:
         for name in ("cls", "rep", "kd", "emb", "tok", "ha", "dal", "gcam_dice", "ha_penalty"):
@@ -54,6 +55,8 @@ class LossWeights:
                 raise ValueError(f"loss weight {name} must be >= 0, got {value}")
         if self.temperature <= 0 or self.tok_temperature <= 0:
             raise ValueError("temperature and tok_temperature must be positive")
+        if not (isinstance(self.gcam_findings, int) and self.gcam_findings >= 0):
+            raise ValueError(f"gcam_findings must be an int >= 0 (0: every finding), got {self.gcam_findings!r}")
         if self.dal_classes not in ("all", "positives"):
             raise ValueError(f"dal_classes must be 'all' or 'positives', got {self.dal_classes!r}")
 
@@ -135,7 +138,7 @@ def soft_dice_loss(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
 
 
 def gcam_dice_loss(features: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
-                   reshape=None) -> torch.Tensor:
+                   reshape=None, findings: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
     """EGxFSL's Grad-CAM Dice loss: for each (study, finding) pair with ``valid`` set, the
     differentiable Grad-CAM of that finding's logit on ``features`` against its region, by
     ``soft_dice_loss``, averaged over the pairs.
@@ -145,14 +148,25 @@ def gcam_dice_loss(features: torch.Tensor, logits: torch.Tensor, masks: torch.Te
     at that grid. One backward per finding that has a pair in the batch, with ``create_graph=True``
     so the loss trains the tower. The map is ``kdistill.saliency.GradCAM``'s (ReLU of
     gradient-weighted activations, min-max normalised per image) at the feature grid, before any
-    upsampling. Exactly 0 (graph kept) when no pair is valid."""
+    upsampling. Exactly 0 (graph kept) when no pair is valid.
+
+    ``findings`` = K > 0 with F > K findings present: the backwards run on K of them drawn uniformly
+    without replacement (``torch.randperm``, ``generator``), and the estimate is
+    (F / K) * sum_{j drawn} n_j D_j / P, with D_j the finding's mean Dice loss over its n_j pairs and
+    P = sum_j n_j over all F: each finding is drawn with probability K / F, so its expectation is
+    the full loss sum_j n_j D_j / P, at K instead of F create_graph backwards."""
     from kdistill.saliency.base import normalise_maps
     from kdistill.saliency.gradcam import cam_from_gradients
 
     if not bool(valid.any()):
         return logits.sum() * 0.0
-    total, pairs = logits.new_zeros(()), 0
-    for j in valid.any(0).nonzero().flatten().tolist():
+    present = valid.any(0).nonzero().flatten()
+    pairs, scale = int(valid.sum()), 1.0
+    if 0 < findings < len(present):
+        scale = len(present) / findings
+        present = present[torch.randperm(len(present), generator=generator)[:findings].to(present.device)]
+    total = logits.new_zeros(())
+    for j in present.tolist():
         rows = valid[:, j]
         (grad,) = torch.autograd.grad(logits[:, j].sum(), features, create_graph=True)
         act = features if reshape is None else reshape(features)
@@ -161,8 +175,7 @@ def gcam_dice_loss(features: torch.Tensor, logits: torch.Tensor, masks: torch.Te
         n = int(rows.sum())
         total = total + soft_dice_loss(cam[:, None], masks[rows, j][:, None],
                                        torch.ones(n, 1, dtype=torch.bool, device=cam.device)) * n
-        pairs += n
-    return total / pairs
+    return total * scale / pairs
 
 
 def halign_loss(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, penalty: float = 1.0,
@@ -303,7 +316,8 @@ def student_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], w
                 raise ValueError("loss.gcam_dice > 0 needs the model's features (forward with_features=True)")
             if torch.is_grad_enabled():
                 cam = out["cam_features"]
-                values["gcam_dice"] = gcam_dice_loss(cam.features, out["logits"], masks, valid, cam.reshape)
+                values["gcam_dice"] = gcam_dice_loss(cam.features, out["logits"], masks, valid, cam.reshape,
+                                                     findings=weights.gcam_findings)
             else:  # validation: Grad-CAM needs gradients; the term is left out of the loss there
                 values["gcam_dice"] = out["logits"].sum() * 0.0
     if w["dal"]:

@@ -92,6 +92,40 @@ def test_gcam_dice_by_hand():
     assert float(loss) == pytest.approx(1 / 3, abs=1e-5)
 
 
+def test_gcam_dice_sampled_findings_by_hand():
+    # Channel c's sum is finding c's logit, so finding c's Grad-CAM is ReLU(A_c) = A_c. Both channels
+    # [[4, 3], [2, 1]], normalised [[1, 2/3], [1/3, 0]]: finding 0's region top-left, Dice 2/3, loss
+    # D0 = 1/3; finding 1's bottom-right (the map's 0 there), Dice 0, loss D1 = 1. Study 0 has both
+    # pairs, study 1 finding 0 only: n0 = 2, n1 = 1, P = 3, full loss (2/3 + 1) / 3 = 5/9. K = 1 of
+    # F = 2: finding 0 drawn -> (2/1) * 2 * (1/3) / 3 = 4/9, finding 1 -> 2 * 1 / 3 = 2/3; each drawn with
+    # probability 1/2, expectation (4/9 + 2/3) / 2 = 5/9, the full loss.
+    a = torch.tensor([[4.0, 3.0], [2.0, 1.0]])
+    feats = a.expand(2, 2, 2, 2).clone().requires_grad_(True)
+    logits = feats.sum((2, 3))  # (2 studies, 2 findings)
+    masks = torch.zeros(2, 2, 2, 2)
+    masks[:, 0, 0, 0] = 1
+    masks[:, 1, 1, 1] = 1
+    valid = torch.tensor([[True, True], [True, False]])
+    full = float(gcam_dice_loss(feats, logits, masks, valid))
+    assert full == pytest.approx(5 / 9, abs=1e-5)
+    for k in (2, 5):  # K >= F: every finding, the full loss
+        assert float(gcam_dice_loss(feats, logits, masks, valid, findings=k)) == pytest.approx(full, abs=1e-6)
+    draws = [float(gcam_dice_loss(feats, logits, masks, valid, findings=1, generator=torch.Generator().manual_seed(s)))
+             for s in range(16)]
+    outcomes = sorted({round(d, 5) for d in draws})
+    assert outcomes == [round(4 / 9, 5), round(2 / 3, 5)]  # both findings get drawn
+    assert sum(outcomes) / 2 == pytest.approx(full, abs=1e-5)  # the estimator is unbiased
+    loss = gcam_dice_loss(feats, logits, masks, valid, findings=1, generator=torch.Generator().manual_seed(0))
+    loss.backward()  # create_graph: the sampled term reaches the features
+    assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0
+
+
+def test_gcam_findings_is_validated():
+    with pytest.raises(ValueError, match="gcam_findings"):
+        LossWeights(gcam_findings=-1).validate()
+    LossWeights(gcam_findings=1).validate()
+
+
 # ----------------------------------------------------------------------------- gradients, edge cases
 
 def test_gradients_reach_the_maps():
