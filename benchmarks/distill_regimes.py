@@ -93,6 +93,56 @@ def summarise(per_seed: dict) -> dict:
     return out
 
 
+def heldout_set(heldout: str, limit: int = 0):
+    """Every study of a held-out phantom's prepared cache (the first ``limit``) and their true labels."""
+    import datasets
+
+    from kdistill.data.prepare import load_prepared
+
+    held = load_prepared(str(Path(heldout) / "prepared"))
+    held = datasets.concatenate_datasets([held[k] for k in held])
+    if limit and len(held) > limit:
+        held = held.select(range(limit))
+    return held, true_labels(heldout, held["study_id"])
+
+
+def prevalence_baseline(rg: dict, limit: int = 0) -> float:
+    """Micro-AUC on the held-out truth of scoring each finding with its training prevalence (the
+    run's label file): what micro-AUC gives for knowing prevalence alone."""
+    from kdistill.data.prepare import load_prepared
+    from kdistill.labels import apply_policy
+    from kdistill.scoring import prevalence_baseline_auc
+
+    train = load_prepared(str(Path(rg["run"]) / "prepared"))["train"]
+    ty, tm = apply_policy(np.asarray(train["labels"], dtype=np.float32), uncertain="ignore", blank="zeros")
+    _, truth = heldout_set(rg["heldout"], limit)
+    y, m = apply_policy(truth, uncertain="ignore", blank="zeros")
+    return prevalence_baseline_auc(ty, tm, y, m)
+
+
+def curve_means(curves: dict) -> dict:
+    """regime -> student -> [[step, mean val micro-AUC over seeds]] (from the per-student curves)."""
+    acc: dict = {}
+    for key, curve in curves.items():
+        regime, name, _ = key.split("/")
+        for step, auc in curve:
+            acc.setdefault(regime, {}).setdefault(name, {}).setdefault(step, []).append(auc)
+    return {r: {n: [[st, round(float(np.mean(v)), 4)] for st, v in sorted(by.items())] for n, by in rv.items()}
+            for r, rv in acc.items()}
+
+
+def report(blob: dict) -> None:
+    for regime, s in blob["summary"].items():
+        base = blob.get("regimes", {}).get(regime, {}).get("constant_prevalence_micro_auc")
+        print(f"\n{regime}: mean ± sd over seeds {s['paired_seeds']}" + (f" (constant prevalence: micro-AUC {base:.4f})" if base else ""))
+        for name, sm in s["students"].items():
+            print(f"  {name:<22}" + "".join(f"{m} {v['mean']:.4f} ± {v['sd']:.3f}  " for m, v in sm.items() if v["mean"] == v["mean"]))
+        print("  distilled - report: " + "  ".join(
+            f"{m} {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" for m, d in s["distilled_minus_report"].items()))
+        for name, curve in blob.get("val_curve_means", {}).get(regime, {}).items():
+            print(f"  val micro-AUC by step, {name:<22}" + "  ".join(f"{st}: {a:.3f}" for st, a in curve))
+
+
 def combine(paths: list[str], out: str) -> int:
     """One result file from several runs of this script (e.g. one process per regime)."""
     blob: dict = {}
@@ -104,7 +154,12 @@ def combine(paths: list[str], out: str) -> int:
             for name, rows in by_variant.items():
                 blob.setdefault("per_seed", {}).setdefault(regime, {}).setdefault(name, {}).update(rows)
         blob["scored_on"] = part.get("scored_on")
+    for rg in blob.get("regimes", {}).values():
+        if "constant_prevalence_micro_auc" not in rg:
+            rg["constant_prevalence_micro_auc"] = prevalence_baseline(rg, rg.get("heldout_max") or rg["heldout_studies"])
     blob["summary"] = summarise(blob.get("per_seed", {}))
+    blob["val_curve_means"] = curve_means(blob.get("val_curves", {}))
+    report(blob)
     write_json(out, nonfinite_to_none(blob), default=str)
     print(f"wrote {out} from {len(paths)} file(s)")
     return 0
@@ -138,17 +193,12 @@ def main(argv=None) -> int:
     for rg in regimes:
         run = Path(rg["run"])
         data, tok, cache = sq._inputs(str(run / "prepared"), str(run / "teacher"), str(run / "rationales"), None)
-        from kdistill.data.prepare import load_prepared
-        import datasets
-
-        held = load_prepared(str(Path(rg["heldout"]) / "prepared"))
-        held = datasets.concatenate_datasets([held[k] for k in held])
-        if args.heldout_max and len(held) > args.heldout_max:
-            held = held.select(range(args.heldout_max))
-        truth = true_labels(rg["heldout"], held["study_id"])
+        held, truth = heldout_set(rg["heldout"], args.heldout_max)
         base = sq._student_config(args.config, list(args.overrides) + rg["overrides"])
         base = dataclasses.replace(base, num_threads=args.threads, save_every=0)
         blob["regimes"][rg["name"]] = {**rg, "heldout_studies": len(held), "train_studies": len(data["train"]),
+                                       "heldout_max": args.heldout_max,
+                                       "constant_prevalence_micro_auc": prevalence_baseline(rg, args.heldout_max),
                                        "config": cfglib.to_dict(base)}
         for seed in args.seeds:  # seed-outer: a stopped grid still has complete pairs
             for name in args.variants:
@@ -174,12 +224,7 @@ def main(argv=None) -> int:
                 blob.update(per_seed=per_seed, val_curves=curves, wall_s_per_student=walls, summary=summarise(per_seed),
                             scored_on="true labels (ground_truth.csv.gz) of every study of each regime's held-out phantom")
                 write_json(args.out, nonfinite_to_none(blob), default=str)
-    for regime, s in summarise(per_seed).items():
-        print(f"\n{regime}: mean ± sd over seeds {s['paired_seeds']}")
-        for name, sm in s["students"].items():
-            print(f"  {name:<22}" + "".join(f"{m} {v['mean']:.4f} ± {v['sd']:.3f}  " for m, v in sm.items()))
-        print("  distilled - report: " + "  ".join(
-            f"{m} {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" for m, d in s["distilled_minus_report"].items()))
+    report({"summary": summarise(per_seed), "val_curve_means": curve_means(curves)})
     print(f"wrote {args.out} ({time.time() - started:.0f} s this call)")
     return 0
 
