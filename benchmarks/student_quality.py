@@ -83,7 +83,10 @@ def _student_config(path: str | None, overrides: list[str]):
     return cfglib.load(StudentTrainConfig, path, overrides, section=section)
 
 
-def _score(model_dir: Path, test, with_reports: bool, batch_size: int) -> dict[str, float]:
+def _score(model_dir: Path, test, with_reports: bool, batch_size: int, truth=None) -> dict[str, float]:
+    """micro/macro-AUC (and label F1 of the generated reports) on ``test``: against its label column
+    and reference reports, or with ``truth`` ((n, 14), 1 = present) against those labels, every
+    finding of every study scored (benchmarks/distill_regimes.py: a phantom's ground_truth.csv)."""
     import student
     from eval.classification import auc_metrics
     from eval.label_f1 import label_f1
@@ -94,13 +97,13 @@ def _score(model_dir: Path, test, with_reports: bool, batch_size: int) -> dict[s
     model = student.load(model_dir)
     images = [np.asarray(a) for a in test.with_format("numpy")["image"]]
     out = model.predict(images, batch_size=batch_size, texts=with_reports, rationales=False)
-    raw = np.asarray(test["labels"], dtype=np.float32)
+    raw = np.asarray(test["labels"] if truth is None else truth, dtype=np.float32)
     y, mask = apply_policy(raw, uncertain="ignore", blank="zeros")
     auc = auc_metrics(out["probs"], y, mask)
     row = {"micro_auc": float(auc.get("auc_micro_14", math.nan)), "macro_auc": float(auc.get("auc_macro_14", math.nan))}
     if with_reports:
         refs = [report_text(f or "", i or "") for f, i in zip(test["findings"], test["impression"])]
-        f1 = label_f1(out["reports"], refs, label_fn=label_reports)
+        f1 = label_f1(out["reports"], refs if truth is None else y.astype(np.float64), label_fn=label_reports)
         row.update(f1_micro=float(f1["micro_14"]), f1_macro=float(f1["macro_14"]))
     return row
 
