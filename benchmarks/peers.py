@@ -325,7 +325,7 @@ def combine(files: list[str], out: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--combine", nargs="+", help="merge the per-seed results of earlier runs' JSON files "
                                                "(run models in parallel, one file each) into --out, and print the table")
@@ -351,6 +351,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers.json"))
     p.add_argument("student_overrides", nargs="*", help="key=value overrides of the student section")
+    return p
+
+
+def _train_and_score(name, seed, args, train, val, sets, student_cfg, work, extra) -> dict[str, Any]:
+    """Trains one model on one seed and scores it on every set, with its wall time and the load around it."""
+    started, load_start = time.time(), os.getloadavg()
+    if name == "student":
+        predict, extra[f"{args.name}/{seed}"] = train_student(args, seed, work)
+    elif name == "logreg":
+        predict = train_logreg(train, val, args, seed)
+    elif name == "constant":
+        predict = train_constant(train)
+    else:
+        predict = train_cnn(name, train, val, args, seed, student_cfg.augment if args.cnn_augment else None)
+    seconds = time.time() - started
+    scored = {s: score(predict(d["image"]), d["labels"], args.bootstrap) for s, d in sets.items()}
+    # the 1/5/15-minute load averages around the training: other jobs on the cores slow it
+    return {"train_s": seconds, "threads": args.threads, "sets": scored,
+            "load_avg": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_intermixed_args(argv)
 
     if args.combine:
@@ -381,24 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="peers_") as work:
         for seed in args.seeds:
             for name in args.models:
-                started, load_start = time.time(), os.getloadavg()
-                if name == "student":
-                    predict, extra[f"{args.name}/{seed}"] = train_student(args, seed, Path(work))
-                elif name == "logreg":
-                    predict = train_logreg(train, val, args, seed)
-                elif name == "constant":
-                    predict = train_constant(train)
-                else:
-                    predict = train_cnn(name, train, val, args, seed,
-                                        student_cfg.augment if args.cnn_augment else None)
-                seconds = time.time() - started
-                scored = {s: score(predict(d["image"]), d["labels"], args.bootstrap) for s, d in sets.items()}
-                # the 1/5/15-minute load averages around the training: other jobs on the cores slow it
-                results[rows[name]][str(seed)] = {"train_s": seconds, "threads": args.threads, "sets": scored,
-                                                  "load_avg": {"start": [round(x, 2) for x in load_start],
-                                                               "end": [round(x, 2) for x in os.getloadavg()]}}
-                print(f"seed {seed} {rows[name]:12s} {seconds:7.1f} s  " + "  ".join(
-                    f"{s} micro {v['micro_auc']:.3f}" for s, v in scored.items()), flush=True)
+                run = _train_and_score(name, seed, args, train, val, sets, student_cfg, Path(work), extra)
+                results[rows[name]][str(seed)] = run
+                print(f"seed {seed} {rows[name]:12s} {run['train_s']:7.1f} s  " + "  ".join(
+                    f"{s} micro {v['micro_auc']:.3f}" for s, v in run["sets"].items()), flush=True)
     summary = summarise(results, list(sets))
     print_table(summary, list(sets))
     write_json(Path(args.out), {
