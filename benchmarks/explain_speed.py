@@ -12,7 +12,6 @@ that end with a full sentence. Prints a table, writes benchmarks/results/explain
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kdistill.io import write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| studies | studies/s | predict share | reports ended | rationales ended | load average |")
     print(f"| {result['studies']} | {result['studies_per_s']:.2f} | {result['predict_share']:.2f} | "
           f"{result['reports_ended']:.2f} | {result['rationales_ended']:.2f} | {result['load_average'][0]:.1f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -24,7 +24,6 @@ Measured (demo checkpoint, phantom seed 1, 1,000 studies, 200 draws of 61):
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdistill import scoring  # noqa: E402
+from kdistill.io import write_json  # noqa: E402
 from kdistill.labels import apply_policy  # noqa: E402
 
 POLICIES = scoring.THRESHOLD_POLICIES
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             figures = decision_figures(pt, yt, mt.astype(bool), t)
             result["demo_validate_to_test"][policy] = figures
             print(f"demo validate -> test, {policy}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

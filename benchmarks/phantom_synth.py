@@ -43,6 +43,7 @@ from kdistill.data.phantom.render import render_study  # noqa: E402
 from kdistill.data.phantom.report import write_report  # noqa: E402
 from kdistill.data.phantom.sampler import plan_studies  # noqa: E402
 from kdistill.data.phantom.synth import make_study  # noqa: E402
+from kdistill.io import write_json  # noqa: E402
 
 TARGET = 200.0
 
@@ -147,8 +148,7 @@ def _compare(baseline: str, name: str | None, n: int, rounds: int, repeat: int, 
     result = {"benchmark": "phantom_synth_vs_baseline", "baseline": name or trees["baseline"], "n": n, "rounds": rounds,
               "repeat": repeat, "best": best, "ratio_this_over_baseline": ratio, "runs": runs,
               "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(Path(out), result)
     print(f"wrote {out}")
     return 0
 
@@ -215,8 +215,7 @@ def main() -> int:
         "corpus": corpus,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0 if ok else 1
 

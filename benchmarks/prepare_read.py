@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import platform
 import statistics
 import sys
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdistill.data.images import read_image, read_resized_uint8, resize, to_uint8  # noqa: E402
 from kdistill.data.prepare import load_prepared, prepare, read_batch  # noqa: E402
+from kdistill.io import write_json  # noqa: E402
 from kdistill.labels import FINDINGS  # noqa: E402
 
 
@@ -139,8 +139,7 @@ def main() -> int:
     for key, seconds in timings.items():
         print(f"{key:<22}{seconds:>12.4f}{n / seconds:>12.0f}{base / seconds:>9.1f}x")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

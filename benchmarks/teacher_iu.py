@@ -187,9 +187,10 @@ def main(argv=None) -> int:
         print(f"{key:<34}{r['consistent_with_gold']:>16.3f}{str(r['interval95']):>18}{r['precision']:>7.3f}"
               f"{r['recall']:>7.3f}{r['f1']:>7.3f}")
     print(f"rationales consistent with the labeler's reading of their report: {summary['consistent_fraction']:.1%}")
+    from kdistill.io import write_json
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 
