@@ -34,7 +34,9 @@ Mean and standard deviation over seeds, and each variant's paired difference to 
 95% t-interval over seeds (paired_diff_ci95). ``--distill``: each variant also with the demo recipe's
 text losses (rep/kd/emb, configs/demo.yaml's text model on the tiny ViT), the rationales written by
 the demo's teacher for each training phantom (``kdistill teacher generate --data-root
-WORK/train{s}_rois1/data --teacher runs/demo/teacher --out RATIONALES/s{s}``), at coverage 1 only.
+WORK/train{s}_rois1/data --teacher runs/demo/teacher --out RATIONALES/s{s}``), at every coverage (the
+phantoms of one seed differ only in which regions they keep, so one rationale cache serves them all); a
+distilled run is compared with distillation alone and with its own run without distillation.
 ``--table-from JSON`` rebuilds a results file's table from its stored runs (no training). Writes
 benchmarks/results/egl.json. Not a timed test; figures depend on --steps/--n-train (CPU-bound).
 
@@ -225,7 +227,7 @@ def _mean_sd(values):
     return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=150)
@@ -239,66 +241,86 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--distill", action="store_true",
-                   help="also train each variant with distillation on (at coverage 1 only; needs --tokenizer, --rationales)")
+                   help="also train each variant with distillation on, at every coverage (needs --tokenizer, --rationales)")
     p.add_argument("--distill-only", action="store_true", help="--distill, without the no-text runs")
     p.add_argument("--tokenizer", default="runs/demo/teacher", help="--distill: the teacher folder (its tokenizer)")
     p.add_argument("--rationales", default="runs/egl_rationales/s{seed}",
-                   help="--distill: the rationale folder of training phantom seed {seed} (kdistill teacher generate)")
+                   help="--distill: the rationale folder of training phantom seed {seed} (kdistill teacher generate); "
+                        "the phantoms of one seed at every coverage share their studies, so one folder serves all")
     p.add_argument("--table-from", default=None, help="rebuild the table from this results JSON's runs (no training)")
     p.add_argument("--work", default="runs/egl_bench", help="phantoms and students (reused when present)")
     p.add_argument("--out", default="benchmarks/results/egl.json")
-    args = p.parse_args(argv)
+    return p
 
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING)
-    from kdistill.labels import FINDINGS
+
+def run_key(variant: str, distill: bool, coverage: float) -> str:
+    """A run's name in the results: "+ ha @ rois 0.1", "distill + ha @ rois 1", "plain", "distill"."""
+    key = variant
+    if distill:
+        key = "distill" if variant == "plain" else variant.replace("+", "distill +", 1)
+    return f"{key} @ rois {coverage:g}" if VARIANTS[variant][1] else key
+
+
+def _run_one(key: str, variant: str, distill: bool, cov: float, seed: int, args, train_prep, evals, fidx) -> dict:
+    """Train and score one (variant, coverage, distill) run of one seed, or read it back from --work when an
+    earlier invocation ran it with the same settings."""
     from student import load
 
-    fidx = FINDINGS.index(args.finding)
-    work = Path(args.work)
-    s = args.strength
-    started = time.time()
-    runs: dict[str, dict[int, dict]] = {}
-    if args.table_from:  # no training: the table (with its intervals) rebuilt from a results file's runs
-        runs = {k: {int(sd_): {m: (math.nan if v is None else v) for m, v in r.items()} for sd_, r in by.items()}
-                for k, by in json.loads(Path(args.table_from).read_text())["runs"].items()}
-    for seed in ([] if args.table_from else args.seeds):
-        evals = {}
-        for name, strength in (("consistent", s), ("reversed", 1 - s)):
-            prep, marker = _phantom(work / f"eval{seed}_{name}", 1000 + seed, args.n_eval, args.finding,
-                                    {k: strength for k in ("train", "validate", "test")})
-            evals[name] = (_all_rows(prep), marker)
-        for cov in args.coverages:
-            train_prep, _ = _phantom(work / f"train{seed}_rois{cov:g}", seed, args.n_train, args.finding,
-                                     {"train": s, "validate": s}, rois_fraction=cov)
-            plan = [] if args.distill_only else [(v, False) for v in args.variants]
-            if (args.distill or args.distill_only) and cov == 1.0:
-                plan += [(v, True) for v in args.variants]
-            for variant, distill in plan:
-                weights, regional = VARIANTS[variant]
-                key = (variant.replace("plain", "distill") if variant == "plain" else variant.replace("+", "distill +", 1)) \
-                    if distill else variant
-                key = f"{key} @ rois {cov:g}" if regional else key
-                if seed in runs.get(key, {}):
-                    continue  # plain / + dal: coverage does not change them
-                t = time.time()
-                out_dir = work / "students" / f"{key.replace(' ', '_').replace('@', 'at').replace('+', 'p')}_s{seed}"
-                done = out_dir / "egl_scored.json"
-                setting = {"steps": args.steps, "scoring": 2, "batch_size": args.batch_size, "lr": args.lr, "n_train": args.n_train,
-                           "n_eval": args.n_eval, "finding": args.finding, "strength": s, "weights": weights,
-                           **({"distill": DISTILL_LOSS, "text_model": TEXT_MODEL} if distill else {})}
-                cached = json.loads(done.read_text()) if done.is_file() else None
-                if cached is not None and cached.get("setting") == setting:  # an earlier invocation's run
-                    scored = cached["scored"]
-                else:
-                    how = {"prepared": str(work / f"train{seed}_rois{cov:g}" / "prepared"),
-                           "rationales": args.rationales.format(seed=seed)} if distill else None
-                    metrics = _train(train_prep, weights, out_dir, seed, args, how)
-                    scored = _score(load(out_dir).eval(), evals, fidx, seed)
-                    scored.update(train_s=round(time.time() - t, 1), val_micro_auc=metrics["validation"]["micro_auc"])
-                    done.write_text(json.dumps({"setting": setting, "scored": scored}))
-                runs.setdefault(key, {})[seed] = scored
-                print(f"seed {seed} {key:<26} " + " ".join(f"{k} {scored[k]:.3f}" for k in METRICS), flush=True)
+    weights, _ = VARIANTS[variant]
+    work, t = Path(args.work), time.time()
+    out_dir = work / "students" / f"{key.replace(' ', '_').replace('@', 'at').replace('+', 'p')}_s{seed}"
+    done = out_dir / "egl_scored.json"
+    setting = {"steps": args.steps, "scoring": 2, "batch_size": args.batch_size, "lr": args.lr, "n_train": args.n_train,
+               "n_eval": args.n_eval, "finding": args.finding, "strength": args.strength, "weights": weights,
+               **({"distill": DISTILL_LOSS, "text_model": TEXT_MODEL} if distill else {})}
+    cached = json.loads(done.read_text()) if done.is_file() else None
+    if cached is not None and cached.get("setting") == setting:
+        return cached["scored"]
+    how = {"prepared": str(work / f"train{seed}_rois{cov:g}" / "prepared"),
+           "rationales": args.rationales.format(seed=seed)} if distill else None
+    metrics = _train(train_prep, weights, out_dir, seed, args, how)
+    scored = _score(load(out_dir).eval(), evals, fidx, seed)
+    scored.update(train_s=round(time.time() - t, 1), val_micro_auc=metrics["validation"]["micro_auc"])
+    from kdistill.io import nonfinite_to_none, write_json
+
+    write_json(done, nonfinite_to_none({"setting": setting, "scored": scored}), indent=None)
+    return scored
+
+
+def _run_seed(seed: int, args, fidx: int, runs: dict[str, dict[int, dict]]) -> None:
+    """Every planned run of one seed into ``runs``: held-out phantoms seed 1000 + seed, training phantom seed."""
+    work, s = Path(args.work), args.strength
+    evals = {}
+    for name, strength in (("consistent", s), ("reversed", 1 - s)):
+        prep, marker = _phantom(work / f"eval{seed}_{name}", 1000 + seed, args.n_eval, args.finding,
+                                {k: strength for k in ("train", "validate", "test")})
+        evals[name] = (_all_rows(prep), marker)
+    for cov in args.coverages:
+        train_prep, _ = _phantom(work / f"train{seed}_rois{cov:g}", seed, args.n_train, args.finding,
+                                 {"train": s, "validate": s}, rois_fraction=cov)
+        plan = [] if args.distill_only else [(v, False) for v in args.variants]
+        if args.distill or args.distill_only:
+            plan += [(v, True) for v in args.variants]
+        for variant, distill in plan:
+            key = run_key(variant, distill, cov)
+            if seed in runs.get(key, {}):
+                continue  # plain / + dal (and their distilled runs): coverage does not change them
+            scored = _run_one(key, variant, distill, cov, seed, args, train_prep, evals, fidx)
+            runs.setdefault(key, {})[seed] = scored
+            print(f"seed {seed} {key:<26} " + " ".join(f"{k} {scored[k]:.3f}" for k in METRICS if k in scored), flush=True)
+
+
+def _undistilled(key: str) -> str:
+    """The same variant's run without distillation: "distill + ha @ rois 1" -> "+ ha @ rois 1"."""
+    return "plain" if key == "distill" else key.replace("distill +", "+", 1)
+
+
+def summarise(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    """Per run and metric: mean and sd over seeds, the paired-by-seed difference to plain with its 95%
+    t-interval; a distilled run also against distillation alone and against its own undistilled run."""
+    def paired(by_seed, ref, metric):
+        diffs = [by_seed[x][metric] - ref[x][metric] for x in by_seed if x in ref and metric in ref[x]]
+        return _mean_sd(diffs), list(_interval(diffs)), len(diffs)
 
     table, plain, dplain = {}, runs.get("plain", {}), runs.get("distill", {})
     for key, by_seed in runs.items():
@@ -307,18 +329,25 @@ def main(argv=None) -> int:
             if not all(metric in r for r in by_seed.values()):
                 continue  # a metric added after these runs (deletion) is not in an older results file
             mean, sd = _mean_sd([by_seed[sd_][metric] for sd_ in by_seed])
-            diffs = [by_seed[x][metric] - plain[x][metric] for x in by_seed if x in plain]
-            dmean, dsd = _mean_sd(diffs)
-            lo, hi = _interval(diffs)
+            (dmean, dsd), ci, n = paired(by_seed, plain, metric)
             row[metric] = {"mean": mean, "sd": sd, "paired_diff_vs_plain": dmean, "paired_diff_sd": dsd,
-                           "paired_diff_ci95": [lo, hi], "n_seeds": len(diffs)}
+                           "paired_diff_ci95": ci, "n_seeds": n}
             if key.startswith("distill +"):  # the guidance's effect with distillation on
-                dd = [by_seed[x][metric] - dplain[x][metric] for x in by_seed if x in dplain]
-                row[metric].update(paired_diff_vs_distill=_mean_sd(dd)[0], paired_diff_vs_distill_ci95=list(_interval(dd)))
+                (dd, _), dci, _ = paired(by_seed, dplain, metric)
+                row[metric].update(paired_diff_vs_distill=dd, paired_diff_vs_distill_ci95=dci)
+            if key.startswith("distill") and _undistilled(key) in runs:  # what the text losses add to the variant
+                (du, _), uci, _ = paired(by_seed, runs[_undistilled(key)], metric)
+                row[metric].update(paired_diff_vs_undistilled=du, paired_diff_vs_undistilled_ci95=uci)
         table[key] = row
+    return table
+
+
+def _print_table(table: dict, runs: dict, args) -> float:
+    """The table on stdout; returns the marker's area share (a uniform map's marker mass)."""
+    s = args.strength
     print(f"\nEGL vs shortcut: seeds {args.seeds}, {args.steps} steps, batch {args.batch_size}, n_train {args.n_train}, "
           f"n_eval {args.n_eval}, shortcut {args.finding} strength {s} (reversed {1 - s:.1f}); mean (sd) over seeds, "
-          f"[paired diff vs plain ± its sd over seeds]")
+          f"[paired diff vs plain (its 95% t-interval)]")
     cols = tuple(c for c in ("auc_reversed", "gap", "energy", "marker_mass", "auc_noise", "deletion")
                  if any(c in r for by in runs.values() for r in by.values()))
     print(f"{'variant':<22}" + "".join(f"{c:>36}" for c in cols))
@@ -330,24 +359,42 @@ def main(argv=None) -> int:
             d = "" if key == "plain" else f" [{r['paired_diff_vs_plain']:+.3f} ({lo:+.3f},{hi:+.3f})]"
             cells.append(f"{r['mean']:.3f} ({r['sd']:.3f}){d}")
         print(f"{key:<22}" + "".join(f"{c:>36}" for c in cells))
-    area = next((v["marker_area"] for by in runs.values() for v in by.values() if not math.isnan(v["marker_area"])), math.nan)
+    return next((v["marker_area"] for by in runs.values() for v in by.values() if not math.isnan(v["marker_area"])), math.nan)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    from kdistill.io import nonfinite_to_none, write_json
+    from kdistill.labels import FINDINGS
+
+    started = time.time()
+    runs: dict[str, dict[int, dict]] = {}
+    if args.table_from:  # no training: the table (with its intervals) rebuilt from a results file's runs
+        stored = json.loads(Path(args.table_from).read_text())
+        runs = {k: {int(sd_): {m: (math.nan if v is None else v) for m, v in r.items()} for sd_, r in by.items()}
+                for k, by in stored["runs"].items()}
+        for name in ("seeds", "steps", "batch_size", "n_train", "n_eval", "finding", "strength"):
+            setattr(args, name, stored.get(name, getattr(args, name)))  # the header then says what the file ran
+    for seed in ([] if args.table_from else args.seeds):
+        _run_seed(seed, args, FINDINGS.index(args.finding), runs)
+    table = summarise(runs)
+    area = _print_table(table, runs, args)
     print(f"marker area share (a uniform map's marker_mass): {area:.4f}; wall {time.time() - started:.0f} s")
     result = {"benchmark": "egl", "seeds": args.seeds, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-              "n_train": args.n_train, "n_eval": args.n_eval, "finding": args.finding, "strength": s,
+              "n_train": args.n_train, "n_eval": args.n_eval, "finding": args.finding, "strength": args.strength,
               "coverages": args.coverages, "model": MODEL, "variants": {k: VARIANTS[k][0] for k in args.variants},
               "threads": args.threads, "deletion": DELETION,
               "distill": {"loss": DISTILL_LOSS, "text_model": TEXT_MODEL, "tokenizer": args.tokenizer,
-                          "rationales": args.rationales} if args.distill else None, "marker_area": area, "wall_s": round(time.time() - started, 1),
+                          "rationales": args.rationales} if args.distill or args.distill_only else None,
+              "marker_area": area, "wall_s": round(time.time() - started, 1),
               "table": table, "runs": {k: {str(sd_): v for sd_, v in by.items()} for k, by in runs.items()}}
     if args.table_from:  # the file's own settings and runs, its table rebuilt
-        result = {**json.loads(Path(args.table_from).read_text()), "table": table,
+        result = {**stored, "table": table,
                   "intervals": "paired_diff_ci95: 95% t-interval of the mean paired-by-seed difference to plain"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from kdistill.io import nonfinite_to_none, write_json
-
-    write_json(out, nonfinite_to_none(result), default=str)
-    print(f"wrote {out}")
+    write_json(Path(args.out), nonfinite_to_none(result), default=str)
+    print(f"wrote {args.out}")
     return 0
 
 
