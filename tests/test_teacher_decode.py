@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teacher import decode
+from teacher import decode, paged_kv
 
 EOS, PAD = 2, 0
 
@@ -93,7 +93,7 @@ FAMILY_IDS = ["llama", "llama-gqa", "qwen2-bias", "mistral-window", "qwen2-slidi
 
 @pytest.mark.parametrize("make", FAMILIES, ids=FAMILY_IDS)
 def test_greedy_equals_generate_one_by_one(make, monkeypatch):
-    monkeypatch.setattr(decode, "PAGE", 4)  # many page boundaries, pool growth
+    monkeypatch.setattr(paged_kv, "PAGE", 4)  # many page boundaries, pool growth
     model = make()
     assert decode.supports(model)
     prompts = _prompts()
@@ -108,7 +108,7 @@ def test_greedy_equals_generate_one_by_one(make, monkeypatch):
 
 def test_rows_that_end_early_leave_and_their_pages_are_reused(monkeypatch):
     """EOS as the likeliest token for some prompts: rows of every length, refills, reused pages."""
-    monkeypatch.setattr(decode, "PAGE", 4)
+    monkeypatch.setattr(paged_kv, "PAGE", 4)
     model = _llama()
     with torch.no_grad():  # make EOS win after token 5 is fed, so rows end at different steps
         model.lm_head.weight[EOS] = model.model.embed_tokens.weight[5] * 4

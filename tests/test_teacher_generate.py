@@ -165,9 +165,14 @@ def test_topk_columns_equal_a_teacher_forced_forward_over_the_student_tokens(tea
         assert ids.shape == lp.shape == (len(rationale) + 1, k)
         np.testing.assert_allclose(lp, want.values.numpy(), atol=1e-4)
         assert (ids[:, 0] == want.indices[:, 0].numpy()).mean() > 0.95  # ties aside, the same tokens
-        # row j is the distribution for token j: greedy decoding chose each token as the top-1
-        # (the first may differ: the generated one carries the space that strip() removed)
-        assert (ids[1:-1, 0] == np.asarray(rationale[1:])).mean() > 0.95
+        # row j is the distribution for token j: the token greedy decoding chose is among row j's
+        # top k, and mostly its top 1 (not always: the generated first token carries the space
+        # that strip() removed, so the re-encoded context differs a little from the decoded one);
+        # rows shifted by one fail both
+        tokens = np.asarray(rationale[1:])
+        assert (ids[1:-1] == tokens[:, None]).any(1).mean() > 0.95
+        assert (ids[1:-1, 0] == tokens).mean() > 0.85
+        assert (ids[:-2, 0] == tokens).mean() < 0.5
     assert json.loads((tmp_path / "r" / "cache.json").read_text())["gen_config"]["topk"] == k
 
 
