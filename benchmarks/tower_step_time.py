@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         data = build_datasets(cfg, *inputs, run / "teacher", run / "rationales")
         torch.manual_seed(0)
         model = create_student(data.model_cfg, inputs[1]).train()
+        if cfg.loss.needs_regions:  # loss.ha / gcam_dice (the demo recipe): region masks at this tower's grid
+            data.train.attach_regions(model.grid)
         collate = Collate(model.tokens, model.image_size, data.model_cfg.max_text_len, True)
         loader = torch.utils.data.DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True,
                                              collate_fn=collate, drop_last=True)
@@ -98,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         row["full_ratio"] = row["full_ms"] / rows[0]["full_ms"]
         print(f"{row['candidate'][:90]:90s} grid {row['grid']}  cls {row['cls_ms']:6.0f} ms ({row['cls_ratio']:.2f}x)"
               f"  full {row['full_ms']:6.0f} ms ({row['full_ratio']:.2f}x)")
+    from kdistill.training import native_bf16
+
     write_json(Path(args.out), {"what": "student step time per tower, side by side", "threads": args.threads,
+                                "cpu_native_bf16": native_bf16(cpu=True),
                                 "rounds": args.rounds, "config": args.config, "rows": rows,
                                 "command": "python benchmarks/tower_step_time.py " + " ".join(
                                     f'"{a}"' if " " in a or not a else a for a in (argv or sys.argv[1:]))})

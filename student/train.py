@@ -274,6 +274,7 @@ def finish(run: Run) -> dict[str, Any]:
         "tokenizer_check": run.data.tokenizer_check,
         "num_processes": accelerator.num_processes,
         "mixed_precision": cfg.mixed_precision,
+        "precision_used": accelerator.mixed_precision,  # what "auto" / "bf16_if_native" resolved to here
         "resumed_from": str(run.resumed_from) if run.resumed_from else None,
         "wall_s": round(wall, 1),
         "images_per_s": round(state.images / max(wall, 1e-9), 2),

@@ -29,8 +29,9 @@ class StudentTrainConfig:
     warmup_steps: int = 20
     max_steps: int = 300  # optimizer steps
     clip_grad: float = 1.0  # 0: no clipping
-    # "auto": what accelerate's launch config / environment says (default: none).
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # "auto": what accelerate's launch config / environment says (default: none); "bf16_if_native":
+    # bf16 where the hardware computes it natively (kdistill.training.native_bf16), else fp32.
+    mixed_precision: Literal["auto", "no", "bf16", "fp16", "bf16_if_native"] = "auto"
     eval_every: int = 50
     save_every: int = 100  # resumable state every N steps (0: never)
     keep_checkpoints: int = 2

@@ -391,3 +391,21 @@ def test_loops_of_other_precisions_run_one_after_another_in_one_process():
     second = new_accelerator(cpu=True, mixed_precision="bf16")
     assert second.mixed_precision == "bf16" and second.num_processes == 1
     assert new_accelerator(cpu=True, mixed_precision="fp16").mixed_precision == "no"  # CPUs autocast bf16 only
+
+
+def test_bf16_if_native_reads_the_cpu_flags(tmp_path):
+    """bf16 only where the CPU computes it (AVX512-BF16 or AMX): emulated bf16 is slower than fp32."""
+    from kdistill.training import native_bf16, new_accelerator
+
+    flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw {}\nbogomips\t: 5600\n"
+    with_bf16, without, amx = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    with_bf16.write_text(flags.format("avx512_bf16 avx512_vnni"))
+    without.write_text(flags.format("avx512_vnni avx512_vbmi"))
+    amx.write_text(flags.format("amx_tile amx_bf16"))
+    assert native_bf16(cpu=True, cpuinfo=with_bf16) and native_bf16(cpu=True, cpuinfo=amx)
+    assert not native_bf16(cpu=True, cpuinfo=without)
+    assert not native_bf16(cpu=True, cpuinfo=tmp_path / "missing")  # unknown: the safe choice
+    # on this machine the accelerator takes whichever the real flags say
+    acc = new_accelerator(cpu=True, mixed_precision="bf16_if_native")
+    assert acc.mixed_precision == ("bf16" if native_bf16(cpu=True) else "no")
+    new_accelerator(cpu=True, mixed_precision="no")  # leave fp32 for the tests after this one
