@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kdistill import config as cfglib
     from kdistill.io import write_json
+    from kdistill.training import native_bf16
     from student.augment import augment
     from student.data import Collate
     from student.losses import student_loss
@@ -100,8 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         row["full_ratio"] = row["full_ms"] / rows[0]["full_ms"]
         print(f"{row['candidate'][:90]:90s} grid {row['grid']}  cls {row['cls_ms']:6.0f} ms ({row['cls_ratio']:.2f}x)"
               f"  full {row['full_ms']:6.0f} ms ({row['full_ratio']:.2f}x)")
-    from kdistill.training import native_bf16
-
     write_json(Path(args.out), {"what": "student step time per tower, side by side", "threads": args.threads,
                                 "cpu_native_bf16": native_bf16(cpu=True),
                                 "rounds": args.rounds, "config": args.config, "rows": rows,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from kdistill.labeler.consistency import LabelFn, is_consistent
+from kdistill.labeler.consistency import LabelFn, implied_findings, is_consistent, is_consistent_implied
 from teacher.backends import Generated
 
 Unit = tuple[str, list[int]]  # (prompt, indices of the studies that share it)
@@ -69,13 +69,19 @@ class CheckedGeneration:
 
     def check(self, outputs: Sequence[Generated], units: Sequence[Unit]) -> list[bool]:
         """A prompt's rationale is good when it agrees with every study sharing the prompt:
-        ``consistency: strict`` (``is_consistent``: every positive finding, no absent one) or
-        ``positives`` (every positive finding; others allowed, for labels that miss findings the
-        report implies)."""
+        ``consistency: strict`` (``is_consistent``: every positive finding, no absent one),
+        ``implied`` (strict, but findings that a cause stated in the study's report brings may be
+        named: ``is_consistent_implied``) or ``positives`` (every positive finding; others allowed)."""
         if not outputs:
             return []
         labels = np.asarray(self.label_fn([g.text for g in outputs]))
-        rule = is_consistent if getattr(self.cfg, "consistency", "strict") == "strict" else names_every_positive
+        mode = getattr(self.cfg, "consistency", "strict")
+        if mode == "implied":
+            idx = sorted({i for _, idxs in units for i in idxs})
+            implied = dict(zip(idx, implied_findings([self.studies[i].report for i in idx])))
+            return [all(is_consistent_implied(lab, self.studies[i].labels, implied[i]) for i in idxs)
+                    for lab, (_, idxs) in zip(labels, units)]
+        rule = is_consistent if mode == "strict" else names_every_positive
         return [all(rule(lab, self.studies[i].labels) for i in idxs) for lab, (_, idxs) in zip(labels, units)]
 
     def _settle(self, decoded: list[tuple[Unit, Generated]]) -> None:

@@ -76,8 +76,9 @@ class TeacherGenerateConfig:
     # What `consistent` (and a retry) asks of a rationale: "strict" = every positive finding of the
     # study and no absent or unlabelled one; "positives" = every positive finding, others allowed
     # (labels read from reports that leave findings to a named cause miss them, and a teacher
-    # that knows the cause should not be retried or flagged for naming them).
-    consistency: Literal["strict", "positives"] = "strict"
+    # that knows the cause should not be retried or flagged for naming them); "implied" = strict, but
+    # the findings a cause stated in the report brings (findings.yaml syndromes) may be named.
+    consistency: Literal["strict", "implied", "positives"] = "strict"
     trust_remote_code: bool = False  # allow a teacher/base folder's own Python code for this run
     force: bool = False  # discard a cache made with another teacher / config
 

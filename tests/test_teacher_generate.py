@@ -550,3 +550,22 @@ def test_positives_consistency_allows_extra_findings_and_changes_the_hash(teache
     assert strict["consistent"] < loose["consistent"]
     assert gen.gen_config_hash(_cfg(consistency="positives")) != gen.gen_config_hash(_cfg())
     assert json.loads((tmp_path / "p" / "cache.json").read_text())["gen_config"]["consistency"] == "positives"
+
+
+def test_implied_consistency_accepts_a_stated_causes_findings_only(teacher_dir, tmp_path):
+    # every rationale is read as naming cardiomegaly and edema; every study is labelled cardiomegaly only
+    heart_and_edema = _labels_for(lambda t: ["Cardiomegaly", "Edema"])
+    studies = toy_studies(6)
+    for k, s in enumerate(studies):
+        s.labels = [math.nan] * len(FINDINGS)
+        s.labels[FINDING_INDEX["Cardiomegaly"]] = 1.0
+        if k < 3:  # these reports state a cause that brings edema; the other three do not
+            s.impression = "Findings consistent with congestive heart failure."
+    strict = _run(studies, teacher_dir, tmp_path / "s", label_fn=heart_and_edema)
+    implied = _run(studies, teacher_dir, tmp_path / "i", label_fn=heart_and_edema, consistency="implied")
+    rows = {r["study_id"]: r["consistent"] for r in cache.load_rationales(tmp_path / "i").to_list()}
+    assert strict["consistent"] == 0
+    assert rows == {s.study_id: k < 3 for k, s in enumerate(studies)}
+    assert implied["consistent"] == 3
+    assert gen.gen_config_hash(_cfg(consistency="implied")) != gen.gen_config_hash(_cfg())
+    assert json.loads((tmp_path / "i" / "cache.json").read_text())["gen_config"]["consistency"] == "implied"

@@ -67,6 +67,7 @@ class SyndromeInfo:
     explanation: str
     findings_phrases: tuple[str, ...]  # phrases.yaml: statements for the findings section
     impression_phrases: tuple[str, ...]
+    aliases: tuple[str, ...] = ()  # other names a report may give it ("CHF", "cardiac decompensation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +142,7 @@ def _syndromes(raw: Any, phrases: dict[str, Any], fpath: Path, ppath: Path) -> d
                 explanation=str(entry["explanation"]),
                 findings_phrases=tuple((wording.get(name) or {}).get("findings") or ()),
                 impression_phrases=tuple((wording.get(name) or {}).get("impression") or ()),
+                aliases=tuple(str(a) for a in entry.get("aliases") or ()),
             )
         except (KeyError, TypeError) as err:
             raise DataError(fpath, f"syndrome {name!r}: missing or malformed key {err}") from None
