@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     inputs, runs = None, []
     for text in args.candidates:
-        words = text.split()
-        bf16 = "bf16" in words
+        words, bf16 = text.split(), "bf16" in text.split()
         cfg = cfglib.load(StudentTrainConfig, args.config, [w for w in words if w != "bf16"], section="student")
         inputs = inputs or load_inputs(cfg, run / "prepared", run / "teacher", run / "rationales")
         data = build_datasets(cfg, *inputs, run / "teacher", run / "rationales")
