@@ -5,7 +5,8 @@ The three loops (``teacher.pretrain``, ``teacher.train``, ``student.train``) spe
 of knobs: ``max_steps`` (optimizer steps), ``save_every`` (steps between resumable states; 0:
 never), ``num_threads`` (CPU threads per process; 0: torch's default for one process, the cores
 divided among processes for several), ``mixed_precision`` (``no`` / ``bf16`` / ``fp16``, as
-accelerate; ``bf16_if_native``: bf16 where the hardware computes it natively, else fp32) and ``resume`` (continue from the newest state in the output folder).
+accelerate; ``bf16_if_native``: bf16 where the hardware computes it natively, else fp32) and
+``resume`` (continue from the newest state in the output folder).
 
 Checkpoints (``OUT/checkpoints/step_N/``): an accelerate ``save_state`` folder (model, optimizer,
 RNG states) plus ``state.json`` (the loop's counters, the schedule's state, and the hash of the
@@ -55,7 +56,8 @@ def cosine_schedule(optimizer, warmup: int, total: int, floor: float = 0.0, warm
 def native_bf16(cpu: bool = False, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether bf16 runs natively here: a CUDA device with bf16, or (``cpu``, or no CUDA) a CPU with
     AVX512-BF16 or AMX. Without them torch emulates bf16 on the CPU and a step is slower than fp32
-    (the demo's ResNet student: 2.2x slower on an AVX512 CPU without BF16, 1.6x faster with it)."""
+    (the demo's ResNet student's full step: 2.4x slower on an AVX512 CPU without BF16, 1.6x faster
+    with it; benchmarks/results/tower_step_time*.json)."""
     if not cpu and torch.cuda.is_available():
         return bool(torch.cuda.is_bf16_supported())
     try:
@@ -68,8 +70,8 @@ def native_bf16(cpu: bool = False, cpuinfo: str | Path = "/proc/cpuinfo") -> boo
 
 def new_accelerator(cpu: bool = False, mixed_precision: str | None = None, **kwargs: Any):
     """An ``accelerate.Accelerator`` with this loop's settings. fp16 on the CPU becomes "no" (CPUs
-    autocast bf16 only); ``bf16_if_native`` becomes "bf16" or "no" by :func:`native_bf16`. ``kdistill run`` trains the teacher and the student in one process, and
-    accelerate keeps its state process-wide, refusing a second Accelerator with another
+    autocast bf16 only); ``bf16_if_native`` becomes "bf16" or "no" by :func:`native_bf16`.
+    ``kdistill run`` trains the teacher and the student in one process, and accelerate keeps its state process-wide, refusing a second Accelerator with another
     ``mixed_precision``: the previous loop's AcceleratorState is dropped first, keeping the
     process group (PartialState), so each loop gets its own precision under torchrun too."""
     from accelerate import Accelerator

@@ -53,6 +53,7 @@ class CheckedGeneration:
         self.studies, self.truncated, self.backend, self.label_fn = studies, truncated, backend, label_fn
         self.cfg, self.row_fields, self.write = cfg, row_fields, write
         self.pool: list[_Pending] = []
+        self._implied: dict[int, np.ndarray] = {}  # consistency "implied": study -> findings its report's causes bring
 
     def run(self, units: Sequence[Unit]) -> None:
         cfg = self.cfg
@@ -77,9 +78,9 @@ class CheckedGeneration:
         labels = np.asarray(self.label_fn([g.text for g in outputs]))
         mode = getattr(self.cfg, "consistency", "strict")
         if mode == "implied":
-            idx = sorted({i for _, idxs in units for i in idxs})
-            implied = dict(zip(idx, implied_findings([self.studies[i].report for i in idx])))
-            return [all(is_consistent_implied(lab, self.studies[i].labels, implied[i]) for i in idxs)
+            new = sorted({i for _, idxs in units for i in idxs} - self._implied.keys())  # each report read once
+            self._implied.update(zip(new, implied_findings([self.studies[i].report for i in new])))
+            return [all(is_consistent_implied(lab, self.studies[i].labels, self._implied[i]) for i in idxs)
                     for lab, (_, idxs) in zip(labels, units)]
         rule = is_consistent if mode == "strict" else names_every_positive
         return [all(rule(lab, self.studies[i].labels) for i in idxs) for lab, (_, idxs) in zip(labels, units)]
